@@ -1,0 +1,39 @@
+# egnn-jax: every target bootstraps the virtual environment it needs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-slow train bench lint clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install egnn-jax with dev extras (idempotent)
+
+test: $(STAMP) ## Fast test suite (CPU, a few minutes)
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: $(STAMP) ## Slow tests only (full-size checks)
+	$(PY) -m pytest -m slow -q
+
+train: $(STAMP) ## The seed experiment: simulate three-body data, train and compare four models
+	$(PY) -m egnn_jax.experiments.three_body
+
+bench: $(STAMP) ## Benchmarks; JSON lands in benchmarks/results/
+	$(PY) benchmarks/bench_train_step.py
+	$(PY) benchmarks/bench_sim.py
+
+lint: $(STAMP) ## ruff check + format check
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+
+clean: ## Remove caches (keeps .venv and results)
+	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info

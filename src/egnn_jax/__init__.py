@@ -1,0 +1,1 @@
+"""E(n)-equivariant graph neural networks in JAX."""
