@@ -1,1 +1,25 @@
-"""E(n)-equivariant graph neural networks in JAX."""
+"""egnn-jax: E(n)-equivariant graph neural networks (Satorras et al., ICML 2021) in JAX/Flax.
+
+The public API:
+
+    config = egnn_jax.EGNNConfig(hidden_features=64, num_layers=4, velocity=True)
+    params = egnn_jax.init(key, config, h, x, v=v, edge_attr=a)
+    h_out, x_out = egnn_jax.apply(params, config, h, x, v=v, edge_attr=a, node_mask=mask)
+
+`egnn_jax.sim` holds the simulators, `egnn_jax.testing` the equivariance checks and
+`egnn_jax.experiments` the training pipelines.
+"""
+
+from . import testing as testing
+from ._api import apply as apply
+from ._api import init as init
+from ._config import EGNNConfig as EGNNConfig
+from ._egcl import EGCL as EGCL
+from ._egcl import EGNN as EGNN
+from ._egcl import EdgeInputLayer as EdgeInputLayer
+from ._graph import Dense as DenseGraph
+from ._graph import Sparse as SparseGraph
+from ._graph import complete_graph_edges as complete_graph_edges
+from ._graph import dense_to_sparse_edge_attr as dense_to_sparse_edge_attr
+
+__version__ = "0.1.0"

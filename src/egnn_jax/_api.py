@@ -1,0 +1,240 @@
+"""`init` and `apply`: the pure, jitted entry points research code calls."""
+
+from __future__ import annotations
+
+import functools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._config import EGNNConfig
+from ._egcl import EGNN
+from ._graph import Dense, Sparse
+
+
+def _shape(a) -> str:
+    return "None" if a is None else str(tuple(a.shape))
+
+
+def _validate(config: EGNNConfig, h, x, v, edge_attr, node_mask, senders, receivers):
+    """Static (trace-time) checks of every argument; returns the graph backend."""
+    if not isinstance(config, EGNNConfig):
+        raise TypeError(f"config must be an egnn_jax.EGNNConfig, got {type(config).__name__}")
+    for name, a in (("h", h), ("x", x)):
+        if a is None or a.ndim != 2:
+            raise ValueError(f"{name} must have rank 2 ([nodes, features]), got shape {_shape(a)}")
+    if h.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"h and x must have the same number of nodes, got h {_shape(h)} and x {_shape(x)}"
+        )
+    if h.shape[0] == 0:
+        raise ValueError(f"empty graph: h {_shape(h)} and x {_shape(x)} have no nodes")
+    if x.shape[1] == 0:
+        raise ValueError(f"x must have a spatial dimension n >= 1, got x {_shape(x)}")
+    floats = {"h": h, "x": x, "v": v, "edge_attr": edge_attr}
+    dtypes = {k: a.dtype for k, a in floats.items() if a is not None}
+    for k, dt in dtypes.items():
+        if not jnp.issubdtype(dt, jnp.floating):
+            raise ValueError(f"{k} must be a floating-point array, got dtype {dt}")
+    if len(set(dtypes.values())) > 1:
+        raise ValueError(f"h, x, v and edge_attr must share one dtype, got {dtypes}")
+
+    if config.velocity:
+        if v is None:
+            raise ValueError("config.velocity is True, so v ([nodes, n]) is required")
+        if v.shape != x.shape:
+            raise ValueError(f"v must have the shape of x, got v {_shape(v)} and x {_shape(x)}")
+    elif v is not None:
+        raise ValueError("v was given but config.velocity is False; use EGNNConfig(velocity=True)")
+
+    num_nodes = h.shape[0]
+    if (senders is None) != (receivers is None):
+        raise ValueError(
+            f"senders and receivers go together, got senders {_shape(senders)} "
+            f"and receivers {_shape(receivers)}"
+        )
+    if senders is None:
+        if node_mask is None:
+            node_mask = jnp.ones((num_nodes,), dtype=bool)
+        if node_mask.shape != (num_nodes,) or node_mask.dtype != jnp.bool_:
+            raise ValueError(
+                f"node_mask must be bool of shape ({num_nodes},), "
+                f"got shape {_shape(node_mask)} dtype {node_mask.dtype}"
+            )
+        if edge_attr is not None and (
+            edge_attr.ndim != 3 or edge_attr.shape[:2] != (num_nodes, num_nodes)
+        ):
+            raise ValueError(
+                f"dense edge_attr must have shape ({num_nodes}, {num_nodes}, A), "
+                f"got {_shape(edge_attr)}"
+            )
+        return Dense(node_mask)
+
+    if node_mask is not None:
+        raise ValueError(
+            "node_mask is for dense graphs; a sparse graph's padding nodes are connected "
+            "only to each other (jraph convention)"
+        )
+    for name, a in (("senders", senders), ("receivers", receivers)):
+        if a.ndim != 1 or not jnp.issubdtype(a.dtype, jnp.integer):
+            raise ValueError(f"{name} must be a rank-1 integer array, got {_shape(a)} {a.dtype}")
+    if senders.shape != receivers.shape:
+        raise ValueError(
+            f"senders and receivers must have the same shape, got {_shape(senders)} "
+            f"and {_shape(receivers)}"
+        )
+    if edge_attr is not None and (edge_attr.ndim != 2 or edge_attr.shape[0] != senders.shape[0]):
+        raise ValueError(
+            f"sparse edge_attr must have shape ({senders.shape[0]}, A), got {_shape(edge_attr)}"
+        )
+    return Sparse(senders, receivers, num_nodes)
+
+
+def _check_params(params, h, edge_attr):
+    """Clear errors when params were initialised for other feature widths."""
+    try:
+        embed = params["params"]["embedding"]["kernel"]
+        edge_in = params["params"]["layer_0"]["edge_in"]["kernel"]
+    except (KeyError, TypeError) as err:
+        raise ValueError("params is not a tree returned by egnn_jax.init") from err
+    if embed.shape[0] != h.shape[1]:
+        raise ValueError(f"params expect h with {embed.shape[0]} features, got h {_shape(h)}")
+    hidden = embed.shape[1]
+    attr_width = edge_in.shape[0] - 2 * hidden - 1
+    got = 0 if edge_attr is None else edge_attr.shape[-1]
+    if attr_width != got:
+        raise ValueError(
+            f"params expect edge_attr of width {attr_width}, got edge_attr {_shape(edge_attr)}"
+        )
+    if embed.dtype != h.dtype:
+        raise ValueError(
+            f"params have dtype {embed.dtype} but the inputs {h.dtype}; "
+            "cast one of them (init gives params the dtype of x)"
+        )
+
+
+def _check_indices_if_concrete(senders, receivers, num_nodes: int):
+    """Eager calls get a ValueError before tracing; traced calls are checked inside (below)."""
+    for name, a in (("senders", senders), ("receivers", receivers)):
+        if a is None or isinstance(a, jax.core.Tracer):
+            continue
+        a = np.asarray(a)
+        if a.size and (a.min() < 0 or a.max() >= num_nodes):
+            raise ValueError(
+                f"{name} has indices in [{a.min()}, {a.max()}], outside [0, {num_nodes}) "
+                f"for {num_nodes} nodes"
+            )
+
+
+def _checked_indices(graph):
+    if not isinstance(graph, Sparse):
+        return graph
+    n = graph.num_nodes
+    checked = []
+    for name, a in (("senders", graph.senders), ("receivers", graph.receivers)):
+        bad = jnp.any((a < 0) | (a >= n))
+        checked.append(eqx.error_if(a, bad, f"egnn_jax.apply: {name} index out of range [0, {n})"))
+    return Sparse(checked[0], checked[1], n)
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers):
+    graph = _validate(config, h, x, v, edge_attr, node_mask, senders, receivers)
+    params = EGNN(config).init(key, graph, h, x, v, edge_attr)
+    return jax.tree.map(lambda p: p.astype(x.dtype), params)
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _apply(params, config, h, x, v, edge_attr, node_mask, senders, receivers):
+    graph = _validate(config, h, x, v, edge_attr, node_mask, senders, receivers)
+    _check_params(params, h, edge_attr)
+    return EGNN(config).apply(params, _checked_indices(graph), h, x, v, edge_attr)
+
+
+def init(
+    key,
+    config: EGNNConfig,
+    h,
+    x,
+    v=None,
+    edge_attr=None,
+    node_mask=None,
+    senders=None,
+    receivers=None,
+):
+    """Initialise the parameters of an EGNN stack (pure; jit-compiled).
+
+    The parameter shapes depend only on the widths F and A, so parameters initialised on a
+    dense graph serve sparse graphs and any number of nodes or spatial dimension n.
+
+    Arguments:
+        key: a `jax.random` key.
+        config: `EGNNConfig`.
+        h: `[M, F]` node features (dense) or `[N, F]` (sparse).
+        x: `[M, n]` positions.
+        v: `[M, n]` velocities; required iff `config.velocity`.
+        edge_attr: `[M, M, A]` (dense) or `[E, A]` (sparse) edge attributes, or None.
+        node_mask: `[M]` bool, dense graphs only; None means every node is real.
+        senders: `[E]` int, sparse graphs only (message j -> i flows from `senders`).
+        receivers: `[E]` int, sparse graphs only.
+
+    Returns:
+        A Flax parameter tree (`{"params": ...}`) in the floating dtype of `x`.
+
+    Raises:
+        ValueError: at trace time, naming the argument and its shape, for wrong ranks, shapes
+            or dtypes, an empty graph, or a missing/extra `v`.
+    """
+    if senders is not None:
+        _check_indices_if_concrete(senders, receivers, h.shape[0])
+    return _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers)
+
+
+def apply(
+    params,
+    config: EGNNConfig,
+    h,
+    x,
+    v=None,
+    edge_attr=None,
+    node_mask=None,
+    senders=None,
+    receivers=None,
+):
+    """Run an EGNN stack on one graph (pure; jit-compiled; composes with vmap and grad).
+
+    Dense graphs: the complete graph over the nodes where `node_mask` is True, without
+    self-edges; padding nodes never influence real nodes. Batch dense graphs with `jax.vmap`.
+    Sparse graphs: the directed edges `senders[e] -> receivers[e]`; a batch is a disjoint
+    union of graphs, and padding edges must connect padding nodes only.
+
+    Arguments:
+        params: the tree returned by `init`.
+        config: the `EGNNConfig` used at `init` (static).
+        h: `[M, F]` node features (dense) or `[N, F]` (sparse).
+        x: `[M, n]` positions.
+        v: `[M, n]` initial velocities; required iff `config.velocity`.
+        edge_attr: `[M, M, A]` (dense; entry `[i, j]` belongs to the edge j -> i) or `[E, A]`
+            (sparse), or None. Must match the width used at `init`.
+        node_mask: `[M]` bool (dense only); None means every node is real.
+        senders: `[E]` int (sparse only).
+        receivers: `[E]` int (sparse only).
+
+    Returns:
+        `(h_out, x_out)`: `[M, out_features or hidden_features]` invariant features and
+        `[M, n]` equivariant positions.
+
+    Raises:
+        ValueError: at trace time for wrong ranks, shapes or dtypes (naming the argument and
+            its shape), and, in eager calls, for edge indices outside `[0, N)`. Under an
+            outer `jax.jit`, out-of-range indices raise an `equinox` runtime error instead.
+
+    NaN or inf in an input is not checked (that would cost a reduction per call): it reaches
+    the outputs of that node and of every node it sends messages to. Enable
+    `jax.config.update("jax_debug_nans", True)` to find where a NaN first appears.
+    """
+    if senders is not None:
+        _check_indices_if_concrete(senders, receivers, h.shape[0])
+    return _apply(params, config, h, x, v, edge_attr, node_mask, senders, receivers)

@@ -1,0 +1,136 @@
+"""Message-passing backends: a dense complete graph with a node mask, and a sparse edge list.
+
+Both expose the same four operations, so the EGCL layer is written once:
+
+- `pair(at_receiver, at_sender)`: combine a per-node quantity of i and one of j on every edge;
+- `diff(x)`: x_i - x_j on every edge;
+- `aggregate(per_edge)`: sum over the incoming edges of every node i;
+- `inv_degree(dtype)`: 1 / (number of neighbours of i), 0 for isolated nodes.
+
+- `edge_view(edge_attr)`: the user's edge attributes in the backend's edge layout.
+
+Edge arrays are `[M, M - 1, ...]` (receiver i, its k-th neighbour) for `Dense` and `[E, ...]`
+for `Sparse`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Dense(NamedTuple):
+    """A complete graph over the real nodes of one padded graph, without self-edges.
+
+    Edges are laid out as a neighbour list `[M, M - 1, ...]`: row i holds the edges j -> i for
+    every j != i in increasing order. Compared with all `[M, M]` pairs this drops the M
+    self-pairs (20% of the edge work at M = 5) and makes aggregation a plain sum over axis 1.
+
+    Fields:
+        node_mask: `[M]` bool, True for real nodes.
+    """
+
+    node_mask: jax.Array
+
+    @property
+    def _after_self(self) -> np.ndarray:
+        """`[M, M - 1, 1]` bool, static: the k-th neighbour of i is node k + 1 if k >= i, else k.
+
+        Selecting between the shifted views `a[:-1]` and `a[1:]` builds the neighbour list
+        without a gather, whose transpose (a scatter-add) is slow on CPU.
+        """
+        m = self.node_mask.shape[0]
+        return (np.arange(m - 1)[None, :] >= np.arange(m)[:, None])[:, :, None]
+
+    def _neighbour_rows(self, a: jax.Array) -> jax.Array:
+        """`[M, ...]` -> `[M, M - 1, ...]`: row i lists a_j for every j != i."""
+        m = a.shape[0]
+        shape = (m, m - 1) + a.shape[1:]
+        pick = self._after_self.reshape((m, m - 1) + (1,) * (a.ndim - 1))
+        return jnp.where(pick, jnp.broadcast_to(a[None, 1:], shape), a[None, :-1])
+
+    @property
+    def edge_mask(self) -> jax.Array:
+        """`[M, M - 1]` bool: both ends real."""
+        return self.node_mask[:, None] & self._neighbour_rows(self.node_mask)
+
+    def edge_view(self, edge_attr: jax.Array) -> jax.Array:
+        """`[M, M, A]` attributes (entry [i, j] for the edge j -> i) -> `[M, M - 1, A]`."""
+        return jnp.where(self._after_self, edge_attr[:, 1:], edge_attr[:, :-1])
+
+    def pair(self, at_receiver: jax.Array, at_sender: jax.Array) -> jax.Array:
+        return at_receiver[:, None, :] + self._neighbour_rows(at_sender)
+
+    def diff(self, x: jax.Array) -> jax.Array:
+        return x[:, None, :] - self._neighbour_rows(x)
+
+    def aggregate(self, per_edge: jax.Array) -> jax.Array:
+        # Masking here (not earlier) lets every edge computation stay a plain broadcast.
+        mask = self.edge_mask.astype(per_edge.dtype)
+        return jnp.sum(per_edge * mask[..., None], axis=1)
+
+    def inv_degree(self, dtype) -> jax.Array:
+        return _safe_inverse(jnp.sum(self.edge_mask, axis=1).astype(dtype))
+
+
+class Sparse(NamedTuple):
+    """A directed edge list over N nodes (a disjoint union of graphs, padding graphs included).
+
+    Messages flow from `senders[e]` (node j) to `receivers[e]` (node i). Padding edges must
+    connect padding nodes, as in jraph, so that they never reach real nodes.
+
+    Fields:
+        senders: `[E]` int node indices.
+        receivers: `[E]` int node indices.
+        num_nodes: N, static (from a shape, never from data).
+    """
+
+    senders: jax.Array
+    receivers: jax.Array
+    num_nodes: int
+
+    def edge_view(self, edge_attr: jax.Array) -> jax.Array:
+        return edge_attr
+
+    def pair(self, at_receiver: jax.Array, at_sender: jax.Array) -> jax.Array:
+        return at_receiver[self.receivers] + at_sender[self.senders]
+
+    def diff(self, x: jax.Array) -> jax.Array:
+        return x[self.receivers] - x[self.senders]
+
+    def aggregate(self, per_edge: jax.Array) -> jax.Array:
+        return jax.ops.segment_sum(per_edge, self.receivers, num_segments=self.num_nodes)
+
+    def inv_degree(self, dtype) -> jax.Array:
+        ones = jnp.ones(self.receivers.shape, dtype=dtype)
+        return _safe_inverse(
+            jax.ops.segment_sum(ones, self.receivers, num_segments=self.num_nodes)
+        )
+
+
+def _safe_inverse(degree: jax.Array) -> jax.Array:
+    """1/degree, and 0 for isolated (or padding) nodes instead of inf."""
+    one = jnp.ones((), degree.dtype)
+    return jnp.where(degree > 0, one / jnp.maximum(degree, one), jnp.zeros((), degree.dtype))
+
+
+def complete_graph_edges(num_nodes: int) -> tuple[jax.Array, jax.Array]:
+    """Edge list of the complete directed graph on `num_nodes` nodes without self-edges.
+
+    Returns:
+        `(senders, receivers)`, each `[num_nodes * (num_nodes - 1)]` int32, ordered by receiver.
+    """
+    receivers, senders = jnp.nonzero(
+        ~jnp.eye(num_nodes, dtype=bool), size=num_nodes * (num_nodes - 1)
+    )
+    return senders.astype(jnp.int32), receivers.astype(jnp.int32)
+
+
+def dense_to_sparse_edge_attr(edge_attr: jax.Array) -> jax.Array:
+    """`[M, M, A]` dense edge attributes -> `[M (M - 1), A]` in `complete_graph_edges` order."""
+    num_nodes = edge_attr.shape[0]
+    senders, receivers = complete_graph_edges(num_nodes)
+    return edge_attr[receivers, senders]
