@@ -1,0 +1,1 @@
+"""Experiment scripts reproducing the EGNN paper results (N-body, three-body, ...)."""

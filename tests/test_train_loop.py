@@ -1,0 +1,310 @@
+"""Tests of the generic training loop (egnn_jax.experiments._train) on a toy linear model."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from egnn_jax.experiments import _train
+from egnn_jax.experiments._train import (
+    TrainingDiverged,
+    checkpoint_dir,
+    init_train_state,
+    load_best_params,
+    make_optimizer,
+    make_train_chunk,
+    save_json_atomic,
+    train,
+)
+
+D = 3
+N_TRAIN = 96
+N_VAL = 40
+W_TRUE = np.array([2.0, -1.0, 0.5], np.float32)
+
+
+def _data(seed: int, n: int, w=W_TRUE):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, D)).astype(np.float32)
+    y = x @ np.asarray(w, np.float32) + 0.3 + 0.01 * rng.normal(size=n).astype(np.float32)
+    return {"x": x, "y": y.astype(np.float32)}
+
+
+TRAIN = _data(0, N_TRAIN)
+VAL = _data(1, N_VAL)
+
+
+def init_params():
+    return {"w": jnp.zeros((D,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
+
+
+def loss_fn(params, batch):
+    pred = batch["x"] @ params["w"] + params["b"]
+    return jnp.mean((pred - batch["y"]) ** 2)
+
+
+def eval_fn(params, data):
+    pred = data["x"] @ params["w"] + params["b"]
+    err = pred - data["y"]
+    return {"val_loss": jnp.mean(err**2), "val_mae": jnp.mean(jnp.abs(err))}
+
+
+def run(**overrides):
+    kwargs = dict(
+        name="toy",
+        loss_fn=loss_fn,
+        params=init_params(),
+        train_data=TRAIN,
+        eval_fn=eval_fn,
+        val_data=VAL,
+        key=jax.random.key(0),
+        num_steps=60,
+        batch_size=16,  # 6 steps per epoch: chunks of 10 steps straddle epochs
+        eval_every=10,
+        learning_rate=0.05,
+        progress=False,
+    )
+    kwargs.update(overrides)
+    return train(**kwargs)
+
+
+def assert_trees_equal(a, b):
+    la, ta = jax.tree.flatten(a)
+    lb, tb = jax.tree.flatten(b)
+    assert ta == tb
+    for x, y in zip(la, lb, strict=True):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def strip_wall(history):
+    return [{k: v for k, v in h.items() if k != "wall_time"} for h in history]
+
+
+def test_loss_decreases():
+    res = run()
+    hist = res.history
+    assert [h["step"] for h in hist] == [10, 20, 30, 40, 50, 60]
+    assert hist[-1]["train_loss"] < 0.05 * hist[0]["train_loss"]
+    initial_val = float(eval_fn(init_params(), VAL)["val_loss"])
+    assert res.best_metrics["val_loss"] < 0.05 * initial_val
+    assert res.num_steps == 60 and not res.resumed
+    assert int(res.final_state.step) == 60
+    assert set(hist[0]) == {"step", "train_loss", "val_loss", "val_mae", "wall_time"}
+
+
+def test_same_seed_same_result_and_seed_matters():
+    a = run(num_steps=30)
+    b = run(num_steps=30)
+    assert_trees_equal(a.final_state, b.final_state)
+    assert strip_wall(a.history) == strip_wall(b.history)
+    c = run(num_steps=30, key=jax.random.key(1))
+    assert not np.array_equal(np.asarray(a.final_state.params["w"]), c.final_state.params["w"])
+
+
+def test_legacy_uint32_key_accepted():
+    res = run(num_steps=10, key=jax.random.PRNGKey(0))
+    assert np.isfinite(res.best_metrics["val_loss"])
+
+
+def test_batches_follow_fold_in_epoch_permutations():
+    # SGD(lr=1) on loss = -sum(c[idx]) increments c at every sampled index.
+    n, bs = 10, 3  # 3 steps per epoch, one sample dropped per epoch
+    key = jax.random.key(3)
+    opt = optax.sgd(1.0)
+    # chunks of 2 steps: most chunks start in the middle of an epoch
+    chunk = make_train_chunk(
+        lambda p, b: -jnp.sum(p["c"][b["i"]]), opt, batch_size=bs, n_train=n, chunk_len=2
+    )
+    state = init_train_state({"c": jnp.zeros(n)}, opt, key)
+    data = {"i": jnp.arange(n)}
+    for first_step in range(0, 12, 2):
+        prev = state.params["c"]
+        state, losses = chunk(state, data)
+        expected = np.zeros(n)
+        for s in (first_step, first_step + 1):
+            epoch, pos = divmod(s, n // bs)
+            perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), n))
+            expected[perm[pos * bs : (pos + 1) * bs]] += 1
+        np.testing.assert_array_equal(np.asarray(state.params["c"] - prev), expected)
+        assert losses.shape == (2,)
+    assert float(state.params["c"].sum()) == 12 * bs
+    assert int(state.step) == 12
+    assert chunk._cache_size() == 1
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    full = run(workdir=tmp_path / "full", checkpoint_every=20)
+    half = run(workdir=tmp_path / "split", num_steps=30, checkpoint_every=20)
+    assert half.num_steps == 30
+    _train._JIT_CACHE.clear()  # the resumed run compiles afresh, as in a new process
+    resumed = run(workdir=tmp_path / "split", resume=True, checkpoint_every=20)
+    assert resumed.resumed and resumed.num_steps == 30
+    assert_trees_equal(full.final_state, resumed.final_state)
+    assert_trees_equal(full.params, resumed.params)
+    assert full.best_step == resumed.best_step
+    assert full.best_metrics == resumed.best_metrics
+    assert strip_wall(full.history) == strip_wall(resumed.history)
+    # Resuming a finished run trains no further and returns the same result.
+    again = run(workdir=tmp_path / "split", resume=True, checkpoint_every=20)
+    assert again.num_steps == 0 and again.best_step == full.best_step
+    assert_trees_equal(again.params, full.params)
+    # resume=True without a checkpoint starts fresh.
+    fresh = run(workdir=tmp_path / "other", resume=True, num_steps=10)
+    assert not fresh.resumed and fresh.num_steps == 10
+
+
+def test_keyboard_interrupt_saves_state_and_resume_is_exact(tmp_path, monkeypatch):
+    full = run(num_steps=40)
+    real_get = jax.device_get
+    calls = {"n": 0}
+
+    def flaky_get(x):
+        calls["n"] += 1
+        if calls["n"] == 3:  # while waiting for the third chunk (steps 21..30)
+            raise KeyboardInterrupt
+        return real_get(x)
+
+    monkeypatch.setattr(_train.jax, "device_get", flaky_get)
+    # checkpoint_every=40: step 20 is only on disk thanks to the interrupt handler.
+    with pytest.raises(KeyboardInterrupt):
+        run(num_steps=40, workdir=tmp_path, checkpoint_every=40)
+    monkeypatch.setattr(_train.jax, "device_get", real_get)
+    assert sorted(p.name for p in (checkpoint_dir(tmp_path, "toy") / "latest").iterdir()) == ["20"]
+    resumed = run(num_steps=40, workdir=tmp_path, checkpoint_every=40, resume=True)
+    assert resumed.resumed and resumed.num_steps == 20
+    assert_trees_equal(full.final_state, resumed.final_state)
+    assert strip_wall(full.history) == strip_wall(resumed.history)
+
+
+@pytest.fixture
+def allow_nans():
+    """The project conftest enables jax_debug_nans; these tests need NaNs to propagate."""
+    with jax.debug_nans(False):
+        yield
+
+
+def poison_after(k: int) -> optax.GradientTransformation:
+    """Turns the updates into NaN from the (k+1)-th update on."""
+
+    def init(params):
+        return jnp.zeros((), jnp.int32)
+
+    def update(updates, count, params=None):
+        scale = jnp.where(count >= k, jnp.nan, 1.0)
+        return jax.tree.map(lambda u: u * scale, updates), count + 1
+
+    return optax.GradientTransformation(init, update)
+
+
+def test_nan_raises_and_keeps_last_good_checkpoint(tmp_path, allow_nans):
+    # The 24th update writes NaN params, so the loss of step 25 is the first NaN.
+    opt = optax.chain(make_optimizer(0.05, 0.0), poison_after(23))
+    with pytest.raises(TrainingDiverged, match=r"step 25\b") as info:
+        run(optimizer=opt, workdir=tmp_path, checkpoint_every=30)
+    err = info.value
+    assert err.step == 25
+    assert err.last_finite_loss is not None and np.isfinite(err.last_finite_loss)
+    assert err.checkpoint_step == 20  # flushed on divergence (not a checkpoint_every multiple)
+    root = checkpoint_dir(tmp_path, "toy")
+    assert [p.name for p in (root / "latest").iterdir()] == ["20"]
+    best = load_best_params(tmp_path, "toy", init_params())
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(best))
+    # The saved best equals the best of an identical run stopped before the NaN.
+    ref = run(optimizer=optax.chain(make_optimizer(0.05, 0.0), poison_after(23)), num_steps=20)
+    assert_trees_equal(best, ref.params)
+
+
+def test_best_checkpoint_is_lowest_val_loss(tmp_path):
+    # Validation targets come from w = W_TRUE / 2: val_loss first falls, then rises.
+    val = _data(1, N_VAL, w=W_TRUE / 2)
+    res = run(val_data=val, workdir=tmp_path, num_steps=80)
+    vals = [h["val_loss"] for h in res.history]
+    i = int(np.argmin(vals))
+    assert 0 < i < len(vals) - 1, vals  # interior minimum: selection is non-trivial
+    assert res.best_step == res.history[i]["step"]
+    assert res.best_metrics == {k: res.history[i][k] for k in ("val_loss", "val_mae")}
+    assert float(eval_fn(res.params, val)["val_loss"]) == pytest.approx(vals[i], rel=1e-6)
+    assert not np.array_equal(np.asarray(res.params["w"]), res.final_state.params["w"])
+    assert_trees_equal(load_best_params(tmp_path, "toy", init_params()), res.params)
+
+
+def test_no_recompilation_across_chunks():
+    traces = {"loss": 0, "eval": 0}
+
+    def counting_loss(params, batch):
+        traces["loss"] += 1
+        return loss_fn(params, batch)
+
+    def counting_eval(params, data):
+        traces["eval"] += 1
+        return eval_fn(params, data)
+
+    res = run(loss_fn=counting_loss, eval_fn=counting_eval, num_steps=40)
+    assert len(res.history) == 4
+    assert traces == {"loss": 1, "eval": 1}
+
+
+def test_batched_evaluation_matches_whole():
+    a = run(num_steps=20)
+    b = run(num_steps=20, eval_batch_size=16)  # 2 batches of 16 + remainder of 8
+    for ha, hb in zip(a.history, b.history, strict=True):
+        assert hb["val_loss"] == pytest.approx(ha["val_loss"], rel=1e-5)
+        assert hb["val_mae"] == pytest.approx(ha["val_mae"], rel=1e-5)
+
+
+def test_save_json_atomic(tmp_path):
+    path = tmp_path / "sub" / "r.json"
+    save_json_atomic(path, {"a": 1, "b": [1.5]})
+    save_json_atomic(path, {"a": 2})
+    assert path.read_text().strip().startswith("{")
+    import json
+
+    assert json.loads(path.read_text()) == {"a": 2}
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"batch_size": N_TRAIN + 1}, "exceeds the training-set size"),
+        ({"batch_size": 0}, "batch_size must be a positive int"),
+        ({"eval_every": 0}, "eval_every must be a positive int"),
+        ({"num_steps": 55}, "multiple of eval_every"),
+        ({"checkpoint_every": 15}, "checkpoint_every"),
+        ({"train_data": {"x": TRAIN["x"], "y": TRAIN["y"][:-1]}}, "mismatched leading"),
+        ({"train_data": {}}, "no array leaves"),
+        ({"resume": True}, "requires a workdir"),
+        ({"eval_fn": lambda p, d: {"loss": loss_fn(p, d)}}, "val_loss"),
+        ({"eval_fn": lambda p, d: {"val_loss": jnp.zeros(2)}}, "scalars"),
+        ({"loss_fn": lambda p, b: (b["x"] @ p["w"]) ** 2}, "scalar"),
+        ({"key": 0}, "PRNG key"),
+        ({"name": "a/b"}, "name"),
+        ({"eval_batch_size": N_VAL + 1}, "eval_batch_size"),
+    ],
+)
+def test_bad_arguments(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        run(**overrides)
+
+
+def test_resume_with_different_batch_size_is_rejected(tmp_path):
+    run(workdir=tmp_path, num_steps=10)
+    with pytest.raises(ValueError, match="batch_size"):
+        run(workdir=tmp_path, num_steps=20, batch_size=8, resume=True)
+
+
+def test_divergence_in_first_chunk_then_resume(tmp_path, allow_nans):
+    with pytest.raises(TrainingDiverged) as info:
+        run(optimizer=optax.chain(make_optimizer(0.05, 0.0), poison_after(3)), workdir=tmp_path)
+    assert info.value.step == 5 and info.value.checkpoint_step == 0
+    with pytest.raises(FileNotFoundError):
+        load_best_params(tmp_path, "toy", init_params())
+    # Same optimiser-state structure, without the poison: resumes from step 0.
+    healthy = optax.chain(make_optimizer(0.05, 0.0), poison_after(10**9))
+    res = run(optimizer=healthy, workdir=tmp_path, num_steps=20, resume=True)
+    assert res.resumed and res.num_steps == 20 and res.best_step > 0
