@@ -142,8 +142,7 @@ def _checked_indices(graph):
 @functools.partial(jax.jit, static_argnames="config")
 def _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers):
     graph = _validate(config, h, x, v, edge_attr, node_mask, senders, receivers)
-    params = EGNN(config).init(key, graph, h, x, v, edge_attr)
-    return jax.tree.map(lambda p: p.astype(x.dtype), params)
+    return EGNN(config).init(key, graph, h, x, v, edge_attr)
 
 
 @functools.partial(jax.jit, static_argnames="config")

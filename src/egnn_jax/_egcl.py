@@ -17,6 +17,8 @@ graphs share every parameter and every line of the layer.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -87,19 +89,20 @@ class EGCL(nn.Module):
         cfg = self.config
         width = cfg.hidden_features
         act = nn.silu
+        dense = functools.partial(nn.Dense, param_dtype=h.dtype)
 
         diff = graph.diff(x)
         d2 = jnp.sum(diff * diff, axis=-1)
 
         # phi_e: message m_ij.
         m = act(EdgeInputLayer(width, name="edge_in")(graph, h, d2, edge_attr))
-        m = act(nn.Dense(width, name="edge_out")(m))
+        m = act(dense(width, name="edge_out")(m))
         if cfg.attention:
-            m = m * nn.sigmoid(nn.Dense(1, name="attention")(m))
+            m = m * nn.sigmoid(dense(1, name="attention")(m))
 
         # phi_x: coordinate weights; tiny last layer so that training starts stable.
-        w = act(nn.Dense(width, name="coord_hidden")(m))
-        w = nn.Dense(
+        w = act(dense(width, name="coord_hidden")(m))
+        w = dense(
             1, use_bias=False, kernel_init=_xavier_uniform(cfg.coords_weight_gain), name="coord_out"
         )(w)
         if cfg.tanh:
@@ -112,17 +115,17 @@ class EGCL(nn.Module):
             shift = shift * graph.inv_degree(x.dtype)[:, None]
 
         if cfg.velocity:
-            phi_v = nn.Dense(1, name="vel_out")(act(nn.Dense(width, name="vel_hidden")(h)))
+            phi_v = dense(1, name="vel_out")(act(dense(width, name="vel_hidden")(h)))
             x = x + phi_v * v + shift
         else:
             x = x + shift
 
         # phi_h: node update from the (optionally edge-inferred) aggregated message.
         if cfg.edge_inference:
-            m = m * nn.sigmoid(nn.Dense(1, name="edge_inference")(m))
+            m = m * nn.sigmoid(dense(1, name="edge_inference")(m))
         m_i = graph.aggregate(m)
-        out = act(nn.Dense(width, name="node_hidden")(jnp.concatenate([h, m_i], axis=-1)))
-        out = nn.Dense(h.shape[-1], name="node_out")(out)
+        out = act(dense(width, name="node_hidden")(jnp.concatenate([h, m_i], axis=-1)))
+        out = dense(h.shape[-1], name="node_out")(out)
         h = h + out if cfg.residual else out
         return h, x
 
@@ -144,11 +147,12 @@ class EGNN(nn.Module):
     @nn.compact
     def __call__(self, graph: Graph, h, x, v=None, edge_attr=None):
         cfg = self.config
-        h = nn.Dense(cfg.hidden_features, name="embedding")(h)
+        dense = functools.partial(nn.Dense, param_dtype=h.dtype)
+        h = dense(cfg.hidden_features, name="embedding")(h)
         if edge_attr is not None:
             edge_attr = graph.edge_view(edge_attr)
         for i in range(cfg.num_layers):
             h, x = EGCL(cfg, name=f"layer_{i}")(graph, h, x, v, edge_attr)
         if cfg.out_features is not None:
-            h = nn.Dense(cfg.out_features, name="readout")(h)
+            h = dense(cfg.out_features, name="readout")(h)
         return h, x
