@@ -17,8 +17,8 @@ from ._config import EGNNConfig as EGNNConfig
 from ._egcl import EGCL as EGCL
 from ._egcl import EGNN as EGNN
 from ._egcl import EdgeInputLayer as EdgeInputLayer
-from ._graph import Dense as DenseGraph
-from ._graph import Sparse as SparseGraph
+from ._graph import DenseGraph as DenseGraph
+from ._graph import SparseGraph as SparseGraph
 from ._graph import complete_graph_edges as complete_graph_edges
 from ._graph import dense_to_sparse_edge_attr as dense_to_sparse_edge_attr
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from ._config import EGNNConfig
 from ._egcl import EGNN
-from ._graph import Dense, Sparse
+from ._graph import DenseGraph, SparseGraph
 
 
 def _shape(a) -> str:
@@ -70,7 +70,7 @@ def _validate(config: EGNNConfig, h, x, v, edge_attr, node_mask, senders, receiv
                 f"dense edge_attr must have shape ({num_nodes}, {num_nodes}, A), "
                 f"got {_shape(edge_attr)}"
             )
-        return Dense(node_mask)
+        return DenseGraph(node_mask)
 
     if node_mask is not None:
         raise ValueError(
@@ -89,7 +89,7 @@ def _validate(config: EGNNConfig, h, x, v, edge_attr, node_mask, senders, receiv
         raise ValueError(
             f"sparse edge_attr must have shape ({senders.shape[0]}, A), got {_shape(edge_attr)}"
         )
-    return Sparse(senders, receivers, num_nodes)
+    return SparseGraph(senders, receivers, num_nodes)
 
 
 def _check_params(params, h, edge_attr):
@@ -129,14 +129,14 @@ def _check_indices_if_concrete(senders, receivers, num_nodes: int):
 
 
 def _checked_indices(graph):
-    if not isinstance(graph, Sparse):
+    if not isinstance(graph, SparseGraph):
         return graph
     n = graph.num_nodes
     checked = []
     for name, a in (("senders", graph.senders), ("receivers", graph.receivers)):
         bad = jnp.any((a < 0) | (a >= n))
         checked.append(eqx.error_if(a, bad, f"egnn_jax.apply: {name} index out of range [0, {n})"))
-    return Sparse(checked[0], checked[1], n)
+    return SparseGraph(checked[0], checked[1], n)
 
 
 @functools.partial(jax.jit, static_argnames="config")

@@ -11,7 +11,7 @@ For one layer, with messages flowing from j to i over the graph's edges:
 and in the velocity variant (eq. 7) v_i = phi_v(h_i) v_i^init + C sum_j (x_i - x_j) phi_x(m_ij),
 x_i <- x_i + v_i.
 
-The modules take a graph backend (`_graph.Dense` or `_graph.Sparse`), so dense and sparse
+The modules take a graph backend (`DenseGraph` or `SparseGraph`), so dense and sparse
 graphs share every parameter and every line of the layer.
 """
 
@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 
 from ._config import EGNNConfig
-from ._graph import Dense, Sparse
+from ._graph import DenseGraph, SparseGraph
 
-Graph = Dense | Sparse
+Graph = DenseGraph | SparseGraph
 
 
 def _xavier_uniform(gain: float) -> nn.initializers.Initializer:
@@ -72,7 +72,7 @@ class EGCL(nn.Module):
         config: the stack's `EGNNConfig` (hidden width and options).
 
     Call arguments (dense `[M, ...]` / `[M, M, ...]`, sparse `[N, ...]` / `[E, ...]`):
-        graph: `_graph.Dense` or `_graph.Sparse` backend.
+        graph: `DenseGraph` or `SparseGraph` backend.
         h: `[M, F]` node features.
         x: `[M, n]` positions.
         v: `[M, n]` input velocities (velocity variant only, else None).

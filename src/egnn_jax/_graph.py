@@ -9,8 +9,8 @@ Both expose the same four operations, so the EGCL layer is written once:
 
 - `edge_view(edge_attr)`: the user's edge attributes in the backend's edge layout.
 
-Edge arrays are `[M, M - 1, ...]` (receiver i, its k-th neighbour) for `Dense` and `[E, ...]`
-for `Sparse`.
+Edge arrays are `[M, M - 1, ...]` (receiver i, its k-th neighbour) for `DenseGraph` and `[E, ...]`
+for `SparseGraph`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 
-class Dense(NamedTuple):
+class DenseGraph(NamedTuple):
     """A complete graph over the real nodes of one padded graph, without self-edges.
 
     Edges are laid out as a neighbour list `[M, M - 1, ...]`: row i holds the edges j -> i for
@@ -76,7 +76,7 @@ class Dense(NamedTuple):
         return _safe_inverse(jnp.sum(self.edge_mask, axis=1).astype(dtype))
 
 
-class Sparse(NamedTuple):
+class SparseGraph(NamedTuple):
     """A directed edge list over N nodes (a disjoint union of graphs, padding graphs included).
 
     Messages flow from `senders[e]` (node j) to `receivers[e]` (node i). Padding edges must
@@ -106,9 +106,7 @@ class Sparse(NamedTuple):
 
     def inv_degree(self, dtype) -> jax.Array:
         ones = jnp.ones(self.receivers.shape, dtype=dtype)
-        return _safe_inverse(
-            jax.ops.segment_sum(ones, self.receivers, num_segments=self.num_nodes)
-        )
+        return _safe_inverse(jax.ops.segment_sum(ones, self.receivers, num_segments=self.num_nodes))
 
 
 def _safe_inverse(degree: jax.Array) -> jax.Array:

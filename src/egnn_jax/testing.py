@@ -1,7 +1,7 @@
 """Public test helpers: check a function of a graph for E(n) equivariance.
 
-    from egnn_jax.testing import assert_equivariant
-    assert_equivariant(lambda h, x, **kw: egnn_jax.apply(params, cfg, h, x, **kw), key, h, x)
+from egnn_jax.testing import assert_equivariant
+assert_equivariant(lambda h, x, **kw: egnn_jax.apply(params, cfg, h, x, **kw), key, h, x)
 """
 
 from __future__ import annotations
