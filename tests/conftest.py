@@ -9,7 +9,14 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 
 import jax  # noqa: E402
-import pytest
+import pytest  # noqa: E402
+from jaxtyping import install_import_hook  # noqa: E402
+
+# Check the jaxtyping shape annotations of the core at run time (as equinox/diffrax do).
+with install_import_hook(
+    ["egnn_jax._api", "egnn_jax._graph", "egnn_jax._egcl"], "beartype.beartype"
+):
+    import egnn_jax  # noqa: E402, F401
 
 jax.config.update("jax_debug_nans", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -8,10 +8,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float
 
 from ._config import EGNNConfig
 from ._egcl import EGNN
 from ._graph import DenseGraph, SparseGraph
+from ._typing import EdgeAttr, NodeFeatures, Positions
 
 
 def _shape(a) -> str:
@@ -149,7 +151,20 @@ def _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers):
 def _apply(params, config, h, x, v, edge_attr, node_mask, senders, receivers):
     graph = _validate(config, h, x, v, edge_attr, node_mask, senders, receivers)
     _check_params(params, h, edge_attr)
-    return EGNN(config).apply(params, _checked_indices(graph), h, x, v, edge_attr)
+    return _forward(params, config, _checked_indices(graph), h, x, v, edge_attr)
+
+
+def _forward(
+    params,
+    config: EGNNConfig,
+    graph: DenseGraph | SparseGraph,
+    h: NodeFeatures,
+    x: Positions,
+    v: Positions | None,
+    edge_attr: EdgeAttr | None,
+) -> tuple[Float[Array, "nodes out"], Positions]:
+    """The validated forward pass; its annotations are checked in the test suite."""
+    return EGNN(config).apply(params, graph, h, x, v, edge_attr)
 
 
 def init(

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._typing import EdgeHidden, EdgeVectors, NodeHidden, Positions
+
 
 class DenseGraph(NamedTuple):
     """A complete graph over the real nodes of one padded graph, without self-edges.
@@ -61,10 +63,10 @@ class DenseGraph(NamedTuple):
         """`[M, M, A]` attributes (entry [i, j] for the edge j -> i) -> `[M, M - 1, A]`."""
         return jnp.where(self._after_self, edge_attr[:, 1:], edge_attr[:, :-1])
 
-    def pair(self, at_receiver: jax.Array, at_sender: jax.Array) -> jax.Array:
+    def pair(self, at_receiver: NodeHidden, at_sender: NodeHidden) -> EdgeHidden:
         return at_receiver[:, None, :] + self._neighbour_rows(at_sender)
 
-    def diff(self, x: jax.Array) -> jax.Array:
+    def diff(self, x: Positions) -> EdgeVectors:
         return x[:, None, :] - self._neighbour_rows(x)
 
     def aggregate(self, per_edge: jax.Array) -> jax.Array:
@@ -95,10 +97,10 @@ class SparseGraph(NamedTuple):
     def edge_view(self, edge_attr: jax.Array) -> jax.Array:
         return edge_attr
 
-    def pair(self, at_receiver: jax.Array, at_sender: jax.Array) -> jax.Array:
+    def pair(self, at_receiver: NodeHidden, at_sender: NodeHidden) -> EdgeHidden:
         return at_receiver[self.receivers] + at_sender[self.senders]
 
-    def diff(self, x: jax.Array) -> jax.Array:
+    def diff(self, x: Positions) -> EdgeVectors:
         return x[self.receivers] - x[self.senders]
 
     def aggregate(self, per_edge: jax.Array) -> jax.Array:

@@ -1,33 +1,30 @@
-"""Shape aliases used across egnn-jax (checked with jaxtyping + beartype in the test suite).
+"""Shape aliases used across egnn-jax; the test suite checks them with jaxtyping + beartype.
 
-Dimension names:
-    M  nodes of one dense graph (real and padding)
-    N  nodes of a sparse graph (a disjoint union of graphs)
-    E  edges of a sparse graph
-    F  node-feature width
-    A  edge-attribute width
-    n  spatial dimension
+Dimension names: `nodes` (M for a dense graph, N for a sparse one), `features` (F), `edges`
+(the edge layout: `M M-1` dense, `E` sparse), `attr` (A), `dim` (the spatial dimension n),
+`hidden` (the MLP width H).
 """
 
 from jaxtyping import Array, Bool, Float, Int
 
-DenseNodeFeatures = Float[Array, "M F"]
-DensePositions = Float[Array, "M n"]
-DenseEdgeAttr = Float[Array, "M M A"]
-NodeMask = Bool[Array, " M"]
-
-SparseNodeFeatures = Float[Array, "N F"]
-SparsePositions = Float[Array, "N n"]
-SparseEdgeAttr = Float[Array, "E A"]
-EdgeIndex = Int[Array, " E"]
+NodeFeatures = Float[Array, "nodes features"]
+Positions = Float[Array, "nodes dim"]
+EdgeAttr = Float[Array, "*edges attr"]
+NodeMask = Bool[Array, " nodes"]
+EdgeIndex = Int[Array, " edges"]
+NodeHidden = Float[Array, "nodes hidden"]
+EdgeHidden = Float[Array, "*edges hidden"]
+EdgeVectors = Float[Array, "*edges dim"]
+EdgeScalars = Float[Array, "*edges"]
 
 __all__ = [
-    "DenseEdgeAttr",
-    "DenseNodeFeatures",
-    "DensePositions",
+    "EdgeAttr",
+    "EdgeHidden",
     "EdgeIndex",
+    "EdgeScalars",
+    "EdgeVectors",
+    "NodeFeatures",
+    "NodeHidden",
     "NodeMask",
-    "SparseEdgeAttr",
-    "SparseNodeFeatures",
-    "SparsePositions",
+    "Positions",
 ]
