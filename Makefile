@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv and install egnn-jax with dev extras (idempotent)
 
 test: $(STAMP) ## Fast test suite (CPU, a few minutes)
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q -n 2 --dist loadfile
 
 test-slow: $(STAMP) ## Slow tests only (full-size checks)
 	$(PY) -m pytest -m slow -q

@@ -1,0 +1,416 @@
+"""The EGNN paper's N-body experiment (Table 2) on our charged-particle simulator.
+
+    python -m egnn_jax.experiments.nbody_charged                      # full protocol
+    python -m egnn_jax.experiments.nbody_charged --epochs 1000        # a shorter run
+    python -m egnn_jax.experiments.nbody_charged --quick              # < 1 min on CPU
+    python -m egnn_jax.experiments.nbody_charged --workdir DIR --evaluate FILE.npz
+
+Protocol (as the reference code trains): 5 charged particles in 3-D; input frame 30, target
+frame 40; 3,000 training systems, 2,000 validation, 2,000 test; node feature |v|; edge
+attributes q_i q_j and the squared input distance; batch 100; Adam lr 5e-4 with weight decay
+1e-12; up to 10,000 epochs, validation every 5 epochs; the reported figure is the test MSE at
+the best validation epoch. Models: Linear (x0 + t v0, t fitted on train), GNN, Radial Field
+and EGNN (velocity variant, eq. 7).
+
+The best parameters of each model are written to ``<workdir>/best/<model>.msgpack`` (small
+enough to commit), so `--evaluate` works on a fresh clone without retraining.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from egnn_jax.sim import charged_splits
+
+from ._models import ModelSpec, eval_fn_for, loss_fn_for, mse
+from ._train import TrainingDiverged, save_json_atomic, train
+from .three_body import _device, _plot_loss_curves, _versions
+
+DEFAULT_WORKDIR = Path("experiments/results/nbody_charged")
+INPUT_FRAME, TARGET_FRAME = 30, 40
+PAPER_TEST_MSE = {"linear": 0.0819, "gnn": 0.0107, "radial_field": 0.0104, "egnn_vel": 0.0071}
+_SPECS = {
+    "linear": ("linear", False),
+    "gnn": ("gnn", False),
+    "radial_field": ("radial_field", False),
+    "egnn_vel": ("egnn", True),
+}
+_LABELS = {
+    "linear": "Linear",
+    "gnn": "GNN",
+    "radial_field": "Radial Field",
+    "egnn_vel": "EGNN (velocity)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class NBodyExperimentConfig:
+    """Everything that determines a run (stored in metrics.json; `--evaluate` rebuilds it).
+
+    Attributes:
+        n_train, n_valid, n_test: systems per split (the simulator draws 10,000 training
+            systems as in the reference; the first `n_train` are used).
+        epochs: passes over the training set per model (paper: up to 10,000).
+        eval_every_epochs: validation interval (paper: 5).
+        checkpoint_every_epochs: Orbax checkpoint interval for `--resume` (a multiple of
+            `eval_every_epochs`).
+        batch_size, learning_rate, weight_decay, hidden_features, num_layers: paper values.
+        models: names from ``linear, gnn, radial_field, egnn_vel``.
+        seed: simulator, initialisation and shuffling seed.
+    """
+
+    n_train: int = 3_000
+    n_valid: int = 2_000
+    n_test: int = 2_000
+    n_simulated_train: int = 10_000
+    epochs: int = 10_000
+    eval_every_epochs: int = 5
+    checkpoint_every_epochs: int = 100
+    batch_size: int = 100
+    learning_rate: float = 5e-4
+    weight_decay: float = 1e-12
+    hidden_features: int = 64
+    num_layers: int = 4
+    models: tuple[str, ...] = tuple(_SPECS)
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "models", tuple(self.models))
+        unknown = [m for m in self.models if m not in _SPECS]
+        if unknown or not self.models:
+            raise ValueError(f"models must be names from {tuple(_SPECS)}, got {self.models}")
+        if self.n_train > self.n_simulated_train:
+            raise ValueError(f"n_train={self.n_train} > n_simulated_train")
+        if self.n_train < self.batch_size:
+            raise ValueError(f"n_train={self.n_train} < batch_size={self.batch_size}")
+        if self.epochs % self.eval_every_epochs:
+            raise ValueError(
+                f"epochs={self.epochs} must be a multiple of eval_every_epochs="
+                f"{self.eval_every_epochs}"
+            )
+        if self.checkpoint_every_epochs % self.eval_every_epochs:
+            raise ValueError("checkpoint_every_epochs must be a multiple of eval_every_epochs")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n_train // self.batch_size
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"models": list(self.models)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NBodyExperimentConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: (tuple(v) if k == "models" else v) for k, v in d.items() if k in names})
+
+
+def quick_config() -> NBodyExperimentConfig:
+    """A smoke run of the whole pipeline (well under a minute on a CPU)."""
+    return NBodyExperimentConfig(
+        n_train=200,
+        n_valid=100,
+        n_test=100,
+        n_simulated_train=200,
+        epochs=10,
+        checkpoint_every_epochs=5,
+        batch_size=50,
+        hidden_features=16,
+        num_layers=2,
+        learning_rate=1e-3,
+    )
+
+
+def model_spec(name: str, config: NBodyExperimentConfig) -> ModelSpec:
+    kind, velocity = _SPECS[name]
+    return ModelSpec(name, kind, config.hidden_features, config.num_layers, velocity)
+
+
+def featurise(x0, v0, charges, target=None) -> dict:
+    """The reference N-body features (pure): node |v0|, edges [q_i q_j, |x0_i - x0_j|^2].
+
+    Arguments:
+        x0: `[S, M, 3]` input positions; v0: `[S, M, 3]` input velocities;
+        charges: `[S, M]`; target: `[S, M, 3]` or None.
+
+    Returns:
+        The batch dict of `_models`: x0, v0, node_feat `[S, M, 1]`, edge_attr `[S, M, M, 2]`
+        and target.
+    """
+    x0, v0 = jnp.asarray(x0, jnp.float32), jnp.asarray(v0, jnp.float32)
+    q = jnp.asarray(charges, jnp.float32)
+    if x0.ndim != 3 or v0.shape != x0.shape or q.shape != x0.shape[:2]:
+        raise ValueError(
+            f"need x0, v0 [S, M, d] and charges [S, M]; got {x0.shape}, {v0.shape}, {q.shape}"
+        )
+    diff = x0[:, :, None, :] - x0[:, None, :, :]
+    d2 = jnp.sum(diff * diff, axis=-1, keepdims=True)
+    qq = (q[:, :, None] * q[:, None, :])[..., None]
+    batch = {
+        "x0": x0,
+        "v0": v0,
+        "node_feat": jnp.sqrt(jnp.sum(v0 * v0, axis=-1, keepdims=True)),
+        "edge_attr": jnp.concatenate([qq, d2], axis=-1),
+    }
+    if target is not None:
+        batch["target"] = jnp.asarray(target, jnp.float32)
+        if batch["target"].shape != x0.shape:
+            raise ValueError(f"target must have shape {x0.shape}, got {batch['target'].shape}")
+    return batch
+
+
+def _frames(ds, n: int) -> dict:
+    return featurise(
+        ds.x[:n, INPUT_FRAME], ds.v[:n, INPUT_FRAME], ds.charges[:n], ds.x[:n, TARGET_FRAME]
+    )
+
+
+def load_data(config: NBodyExperimentConfig, data_dir: str | Path, progress=None) -> dict:
+    """Simulate (or read from the cache in `data_dir`) and featurise the three splits."""
+    train_ds, valid_ds, test_ds = charged_splits(
+        data_dir,
+        n_train=config.n_simulated_train,
+        n_valid=config.n_valid,
+        n_test=config.n_test,
+        seed=config.seed,
+        progress=bool(progress),
+    )
+    return {
+        "train": _frames(train_ds, config.n_train),
+        "valid": _frames(valid_ds, config.n_valid),
+        "test": _frames(test_ds, config.n_test),
+        "metadata": {
+            split: {k: ds.metadata.get(k) for k in ("content_hash", "wall_seconds", "cache")}
+            for split, ds in (("train", train_ds), ("valid", valid_ds), ("test", test_ds))
+        },
+    }
+
+
+def forward_ms(spec: ModelSpec, params, batch: dict, repeats: int = 50) -> float:
+    """Median wall time of one jitted forward pass on `batch`, in milliseconds."""
+    fn = jax.jit(spec.predict)
+    jax.block_until_ready(fn(params, batch))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(params, batch))
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
+def _params_path(workdir: Path, name: str) -> Path:
+    return workdir / "best" / f"{name}.msgpack"
+
+
+def _save_params(workdir: Path, name: str, params) -> None:
+    path = _params_path(workdir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(flax.serialization.to_bytes(params))
+    tmp.replace(path)
+
+
+def _load_params(workdir: Path, name: str, like):
+    path = _params_path(workdir, name)
+    if not path.exists():
+        raise FileNotFoundError(f"no saved parameters for {name!r} at {path}; train first")
+    return flax.serialization.from_bytes(like, path.read_bytes())
+
+
+def _template(spec: ModelSpec, batch: dict):
+    one = jax.tree.map(lambda a: a[:1], batch)
+    return spec.init(jax.random.key(0), one)
+
+
+def train_and_evaluate(
+    config: NBodyExperimentConfig,
+    workdir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+    data_dir: str | Path | None = None,
+) -> dict:
+    """Train every model, report test MSE at the best validation epoch; write metrics.json.
+
+    Arguments:
+        config: the experiment; workdir: outputs (best params in ``best/``, Orbax
+        checkpoints in ``checkpoints/``, data cache in ``data/`` unless `data_dir`).
+        resume: continue interrupted runs from their latest checkpoints.
+        progress: tqdm bars (None: only on a terminal).
+
+    Returns:
+        The metrics dict (also written to ``workdir/metrics.json``).
+    """
+    t_total = time.perf_counter()
+    workdir = Path(workdir).expanduser().resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    wall: dict = {"train": {}}
+
+    t = time.perf_counter()
+    data = load_data(config, workdir / "data" if data_dir is None else data_dir, progress)
+    wall["simulate"] = time.perf_counter() - t
+
+    key = jax.random.key(config.seed)
+    spe = config.steps_per_epoch
+    results, histories = {}, {}
+    for name in config.models:
+        spec = model_spec(name, config)
+        t = time.perf_counter()
+        if not spec.trainable:
+            params = spec.init(None, data["train"])
+            results[name] = {"t": float(params["t"])}
+        else:
+            k_init, k_shuffle = jax.random.split(jax.random.fold_in(key, zlib.crc32(name.encode())))
+            res = train(
+                name=name,
+                loss_fn=loss_fn_for(spec),
+                params=spec.init(k_init, jax.tree.map(lambda a: a[:1], data["train"])),
+                train_data=data["train"],
+                eval_fn=eval_fn_for(spec),
+                val_data=data["valid"],
+                key=k_shuffle,
+                num_steps=config.epochs * spe,
+                batch_size=config.batch_size,
+                eval_every=config.eval_every_epochs * spe,
+                checkpoint_every=config.checkpoint_every_epochs * spe,
+                learning_rate=config.learning_rate,
+                weight_decay=config.weight_decay,
+                workdir=workdir,
+                resume=resume,
+                progress=progress,
+            )
+            params = res.params
+            histories[name] = [h | {"epoch": h["step"] / spe} for h in res.history]
+            results[name] = {
+                "best_epoch": res.best_step / spe,
+                "epochs": config.epochs,
+                "num_params": int(sum(np.size(p) for p in jax.tree.leaves(params))),
+            }
+        wall["train"][name] = time.perf_counter() - t
+        _save_params(workdir, name, params)
+        predict = jax.jit(spec.predict)
+        for split in ("valid", "test"):
+            pred = predict(params, data[split])
+            results[name][f"{split}_mse"] = float(mse(pred, data[split]["target"]))
+        n_fwd = min(100, config.n_test)
+        batch100 = jax.tree.map(lambda a: a[:n_fwd], data["test"])
+        results[name]["forward_ms_per_batch"] = forward_ms(spec, params, batch100)
+        results[name]["paper_test_mse"] = PAPER_TEST_MSE[name]
+
+    t = time.perf_counter()
+    _plot_loss_curves(
+        workdir / "loss_curves.png", histories, {k: v["valid_mse"] for k, v in results.items()}
+    )
+    wall["plot"] = time.perf_counter() - t
+    wall["total"] = time.perf_counter() - t_total
+    metrics = {
+        "experiment": "nbody_charged",
+        "protocol": f"frame {INPUT_FRAME} -> frame {TARGET_FRAME}; test MSE at best val epoch",
+        "test_mse": {k: v["test_mse"] for k, v in results.items()},
+        "models": results,
+        "n_train": config.n_train,
+        "n_valid": config.n_valid,
+        "n_test": config.n_test,
+        "forward_batch": min(100, config.n_test),
+        "data": data["metadata"],
+        "wall_seconds": wall,
+        "device": _device(),
+        "versions": _versions(),
+        "config": config.to_dict(),
+        "command": " ".join(["python -m egnn_jax.experiments.nbody_charged", *sys.argv[1:]]),
+        "histories": histories,
+    }
+    save_json_atomic(workdir / "metrics.json", metrics)
+    return metrics
+
+
+def evaluate_file(workdir: str | Path, path: str | Path) -> dict[str, float]:
+    """MSE of every saved model in `workdir` on FILE.npz with x0, v0, q, xT."""
+    workdir = Path(workdir)
+    metrics_path = workdir / "metrics.json"
+    if not metrics_path.exists():
+        raise FileNotFoundError(f"{metrics_path} not found: train into {workdir} first")
+    config = NBodyExperimentConfig.from_dict(json.loads(metrics_path.read_text())["config"])
+    with np.load(path) as f:
+        missing = {"x0", "v0", "q", "xT"} - set(f.files)
+        if missing:
+            raise ValueError(f"{path} lacks arrays {sorted(missing)} (need x0, v0, q, xT)")
+        batch = featurise(f["x0"], f["v0"], f["q"], f["xT"])
+    out = {}
+    for name in config.models:
+        spec = model_spec(name, config)
+        params = _load_params(workdir, name, _template(spec, batch))
+        out[name] = float(mse(jax.jit(spec.predict)(params, batch), batch["target"]))
+    return out
+
+
+def format_table(metrics: dict) -> str:
+    rows = [
+        "| model | test MSE (ours) | paper | best epoch | forward ms / batch |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in metrics["models"].items():
+        best = r.get("best_epoch")
+        rows.append(
+            f"| {_LABELS[name]} | {r['test_mse']:.4f} | {r['paper_test_mse']:.4f} | "
+            f"{'-' if best is None else int(best)} | {r['forward_ms_per_batch']:.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m egnn_jax.experiments.nbody_charged",
+        description="Reproduce the EGNN paper's charged N-body table (Table 2).",
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=DEFAULT_WORKDIR, help=f"outputs (default {DEFAULT_WORKDIR})"
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per model (10000)")
+    parser.add_argument(
+        "--models", default=None, help="comma-separated subset of " + ",".join(_SPECS)
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny end-to-end smoke run")
+    parser.add_argument("--resume", action="store_true", help="continue from checkpoints")
+    parser.add_argument("--seed", type=int, default=None, help="seed (0)")
+    parser.add_argument(
+        "--evaluate",
+        type=Path,
+        default=None,
+        metavar="FILE.npz",
+        help="print JSON MSE of the saved models on FILE (x0, v0, q, xT)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        if args.evaluate is not None:
+            print(json.dumps(evaluate_file(args.workdir, args.evaluate), indent=2))
+            return 0
+        config = quick_config() if args.quick else NBodyExperimentConfig()
+        overrides = {"epochs": args.epochs, "seed": args.seed}
+        if args.models:
+            overrides["models"] = tuple(args.models.split(","))
+        config = dataclasses.replace(
+            config, **{k: v for k, v in overrides.items() if v is not None}
+        )
+        metrics = train_and_evaluate(config, args.workdir, resume=args.resume)
+    except (TrainingDiverged, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(format_table(metrics))
+    print(f"wrote {Path(args.workdir) / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
