@@ -16,7 +16,6 @@ from ._api import init as init
 from ._config import EGNNConfig as EGNNConfig
 from ._egcl import EGCL as EGCL
 from ._egcl import EGNN as EGNN
-from ._egcl import EdgeInputLayer as EdgeInputLayer
 from ._graph import DenseGraph as DenseGraph
 from ._graph import SparseGraph as SparseGraph
 from ._graph import complete_graph_edges as complete_graph_edges

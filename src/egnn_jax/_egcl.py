@@ -39,30 +39,30 @@ def _safe_norm(d2: jax.Array) -> jax.Array:
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, d2, jnp.ones_like(d2))), 0.0)
 
 
-class EdgeInputLayer(nn.Module):
-    """phi_e's first linear layer, applied to [h_i, h_j, d_ij^2, a_ij] without building it.
+class DenseParams(nn.Module):
+    """The kernel `[in_features, features]` and bias `[features]` of a `nn.Dense`, unapplied.
 
-    The layer is linear in the concatenation, so the h-parts are projected once per node and
-    then paired per edge: O(N F H) instead of O(E F H). The parameters are exactly those of a
-    `nn.Dense` on the concatenation (kernel `[2F + 1 + A, H]`, bias `[H]`).
+    EGCL fuses several linear maps of the same input into one matrix product (below); declaring
+    their parameters here keeps the parameter tree that of plain `nn.Dense` layers.
     """
 
+    in_features: int
     features: int
+    use_bias: bool = True
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
 
     @nn.compact
-    def __call__(self, graph: Graph, h, d2, edge_attr):
-        f = h.shape[-1]
-        a = 0 if edge_attr is None else edge_attr.shape[-1]
-        kernel = self.param(
-            "kernel", nn.initializers.lecun_normal(), (2 * f + 1 + a, self.features), h.dtype
-        )
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), h.dtype)
-        out = graph.pair(h @ kernel[:f], h @ kernel[f : 2 * f])
-        lead = (1,) * d2.ndim  # explicit broadcasting: rank promotion is strict in the tests
-        out = out + d2[..., None] * kernel[2 * f].reshape(lead + (-1,)) + bias.reshape(lead + (-1,))
-        if edge_attr is not None:
-            out = out + edge_attr @ kernel[2 * f + 1 :]
-        return out
+    def __call__(self, dtype):
+        kernel = self.param("kernel", self.kernel_init, (self.in_features, self.features), dtype)
+        if not self.use_bias:
+            return kernel, None
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), dtype)
+        return kernel, bias
+
+
+def _row(vector: jax.Array, ndim: int) -> jax.Array:
+    """`[H]` -> `[1, ..., 1, H]` of rank `ndim`: explicit broadcasting (strict rank promotion)."""
+    return vector.reshape((1,) * (ndim - 1) + (-1,))
 
 
 class EGCL(nn.Module):
@@ -91,20 +91,43 @@ class EGCL(nn.Module):
         act = nn.silu
         dense = functools.partial(nn.Dense, param_dtype=h.dtype)
 
+        f = h.shape[-1]
+        a = 0 if edge_attr is None else edge_attr.shape[-1]
         diff = graph.diff(x)
         d2 = jnp.sum(diff * diff, axis=-1)
 
+        # Every linear map of the layer input h, in one matrix product: the h_i and h_j parts
+        # of phi_e's first layer (linear in [h_i, h_j, d2, a_ij], so they are projected once
+        # per node and paired per edge, O(N F H) instead of O(E F H)), phi_v's first layer and
+        # the h part of phi_h's first layer. Fewer, larger products matter on small graphs.
+        k_edge, b_edge = DenseParams(2 * f + 1 + a, width, name="edge_in")(h.dtype)
+        k_node, b_node = DenseParams(f + width, width, name="node_hidden")(h.dtype)
+        blocks = [k_edge[:f], k_edge[f : 2 * f], k_node[:f]]
+        if cfg.velocity:
+            k_vel, b_vel = DenseParams(f, width, name="vel_hidden")(h.dtype)
+            blocks.append(k_vel)
+        projected = jnp.split(h @ jnp.concatenate(blocks, axis=1), len(blocks), axis=1)
+
         # phi_e: message m_ij.
-        m = act(EdgeInputLayer(width, name="edge_in")(graph, h, d2, edge_attr))
+        m = graph.pair(projected[0], projected[1])
+        m = m + d2[..., None] * _row(k_edge[2 * f], m.ndim) + _row(b_edge, m.ndim)
+        if edge_attr is not None:
+            m = m + edge_attr @ k_edge[2 * f + 1 :]
+        m = act(m)
         m = act(dense(width, name="edge_out")(m))
         if cfg.attention:
             m = m * nn.sigmoid(dense(1, name="attention")(m))
 
         # phi_x: coordinate weights; tiny last layer so that training starts stable.
         w = act(dense(width, name="coord_hidden")(m))
-        w = dense(
-            1, use_bias=False, kernel_init=_xavier_uniform(cfg.coords_weight_gain), name="coord_out"
-        )(w)
+        k_coord, _ = DenseParams(
+            width,
+            1,
+            use_bias=False,
+            kernel_init=_xavier_uniform(cfg.coords_weight_gain),
+            name="coord_out",
+        )(h.dtype)
+        w = w @ k_coord
         if cfg.tanh:
             w = jnp.tanh(w) * cfg.coords_range
         if cfg.normalize:
@@ -115,7 +138,8 @@ class EGCL(nn.Module):
             shift = shift * graph.inv_degree(x.dtype)[:, None]
 
         if cfg.velocity:
-            phi_v = dense(1, name="vel_out")(act(dense(width, name="vel_hidden")(h)))
+            k_vout, b_vout = DenseParams(width, 1, name="vel_out")(h.dtype)
+            phi_v = act(projected[3] + _row(b_vel, 2)) @ k_vout + _row(b_vout, 2)
             x = x + phi_v * v + shift
         else:
             x = x + shift
@@ -124,7 +148,7 @@ class EGCL(nn.Module):
         if cfg.edge_inference:
             m = m * nn.sigmoid(dense(1, name="edge_inference")(m))
         m_i = graph.aggregate(m)
-        out = act(dense(width, name="node_hidden")(jnp.concatenate([h, m_i], axis=-1)))
+        out = act(projected[2] + m_i @ k_node[f:] + _row(b_node, 2))
         out = dense(h.shape[-1], name="node_out")(out)
         h = h + out if cfg.residual else out
         return h, x

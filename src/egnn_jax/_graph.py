@@ -38,21 +38,15 @@ class DenseGraph(NamedTuple):
     node_mask: jax.Array
 
     @property
-    def _after_self(self) -> np.ndarray:
-        """`[M, M - 1, 1]` bool, static: the k-th neighbour of i is node k + 1 if k >= i, else k.
-
-        Selecting between the shifted views `a[:-1]` and `a[1:]` builds the neighbour list
-        without a gather, whose transpose (a scatter-add) is slow on CPU.
-        """
+    def _neighbour_index(self) -> np.ndarray:
+        """`[M, M - 1]` int, static: the k-th neighbour of node i is k + 1 if k >= i, else k."""
         m = self.node_mask.shape[0]
-        return (np.arange(m - 1)[None, :] >= np.arange(m)[:, None])[:, :, None]
+        k = np.arange(m - 1)[None, :]
+        return k + (k >= np.arange(m)[:, None])
 
     def _neighbour_rows(self, a: jax.Array) -> jax.Array:
         """`[M, ...]` -> `[M, M - 1, ...]`: row i lists a_j for every j != i."""
-        m = a.shape[0]
-        shape = (m, m - 1) + a.shape[1:]
-        pick = self._after_self.reshape((m, m - 1) + (1,) * (a.ndim - 1))
-        return jnp.where(pick, jnp.broadcast_to(a[None, 1:], shape), a[None, :-1])
+        return a[self._neighbour_index]
 
     @property
     def edge_mask(self) -> jax.Array:
@@ -61,7 +55,7 @@ class DenseGraph(NamedTuple):
 
     def edge_view(self, edge_attr: jax.Array) -> jax.Array:
         """`[M, M, A]` attributes (entry [i, j] for the edge j -> i) -> `[M, M - 1, A]`."""
-        return jnp.where(self._after_self, edge_attr[:, 1:], edge_attr[:, :-1])
+        return jnp.take_along_axis(edge_attr, self._neighbour_index[:, :, None], axis=1)
 
     def pair(self, at_receiver: NodeHidden, at_sender: NodeHidden) -> EdgeHidden:
         return at_receiver[:, None, :] + self._neighbour_rows(at_sender)

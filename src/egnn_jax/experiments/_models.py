@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import egnn_jax
+from egnn_jax._egcl import _safe_norm, _xavier_uniform
 
 __all__ = [
     "GNN",
@@ -44,16 +45,6 @@ __all__ = [
 
 Kind = Literal["linear", "gnn", "radial_field", "egnn"]
 KINDS = ("linear", "gnn", "radial_field", "egnn")
-
-
-def _xavier_uniform(gain: float):
-    return nn.initializers.variance_scaling(gain**2, "fan_avg", "uniform")
-
-
-def _safe_norm(d2: jax.Array) -> jax.Array:
-    """sqrt with a zero (finite) gradient at 0 (self-pairs, coincident particles)."""
-    positive = d2 > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, d2, jnp.ones_like(d2))), 0.0)
 
 
 def _off_diagonal(m: int, dtype) -> jax.Array:

@@ -167,9 +167,13 @@ def make_optimizer(learning_rate: float = 5e-4, weight_decay: float = 1e-12):
             gradient *before* the Adam moments (coupled L2, not AdamW's decoupled decay).
 
     Returns:
-        An ``optax.GradientTransformation``.
+        An ``optax.GradientTransformation``. It runs on the parameters flattened into one
+        vector (`optax.flatten`): the same arithmetic, but one fused update instead of a few
+        small kernels per parameter leaf, which matters for small models on a CPU.
     """
-    return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
+    return optax.flatten(
+        optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
+    )
 
 
 def _strong(tree: PyTree) -> PyTree:

@@ -35,8 +35,8 @@ import numpy as np
 from egnn_jax.sim import charged_splits
 
 from ._models import ModelSpec, eval_fn_for, loss_fn_for, mse
+from ._report import LABELS, device, plot_loss_curves, versions
 from ._train import TrainingDiverged, save_json_atomic, train
-from .three_body import _device, _plot_loss_curves, _versions
 
 DEFAULT_WORKDIR = Path("experiments/results/nbody_charged")
 INPUT_FRAME, TARGET_FRAME = 30, 40
@@ -46,12 +46,6 @@ _SPECS = {
     "gnn": ("gnn", False),
     "radial_field": ("radial_field", False),
     "egnn_vel": ("egnn", True),
-}
-_LABELS = {
-    "linear": "Linear",
-    "gnn": "GNN",
-    "radial_field": "Radial Field",
-    "egnn_vel": "EGNN (velocity)",
 }
 
 
@@ -303,14 +297,20 @@ def train_and_evaluate(
         for split in ("valid", "test"):
             pred = predict(params, data[split])
             results[name][f"{split}_mse"] = float(mse(pred, data[split]["target"]))
-        n_fwd = min(100, config.n_test)
-        batch100 = jax.tree.map(lambda a: a[:n_fwd], data["test"])
+        batch100 = jax.tree.map(lambda a: a[:100], data["test"])
         results[name]["forward_ms_per_batch"] = forward_ms(spec, params, batch100)
         results[name]["paper_test_mse"] = PAPER_TEST_MSE[name]
 
     t = time.perf_counter()
-    _plot_loss_curves(
-        workdir / "loss_curves.png", histories, {k: v["valid_mse"] for k, v in results.items()}
+    epoch_histories = {
+        name: [h | {"step": h["epoch"]} for h in hist] for name, hist in histories.items()
+    }
+    plot_loss_curves(
+        workdir / "loss_curves.png",
+        epoch_histories,
+        {k: v["valid_mse"] for k, v in results.items()},
+        title="Charged N-body: loss curves",
+        x_label="epoch",
     )
     wall["plot"] = time.perf_counter() - t
     wall["total"] = time.perf_counter() - t_total
@@ -325,8 +325,8 @@ def train_and_evaluate(
         "forward_batch": min(100, config.n_test),
         "data": data["metadata"],
         "wall_seconds": wall,
-        "device": _device(),
-        "versions": _versions(),
+        "device": device(),
+        "versions": versions(),
         "config": config.to_dict(),
         "command": " ".join(["python -m egnn_jax.experiments.nbody_charged", *sys.argv[1:]]),
         "histories": histories,
@@ -363,7 +363,7 @@ def format_table(metrics: dict) -> str:
     for name, r in metrics["models"].items():
         best = r.get("best_epoch")
         rows.append(
-            f"| {_LABELS[name]} | {r['test_mse']:.4f} | {r['paper_test_mse']:.4f} | "
+            f"| {LABELS[name]} | {r['test_mse']:.4f} | {r['paper_test_mse']:.4f} | "
             f"{'-' if best is None else int(best)} | {r['forward_ms_per_batch']:.2f} |"
         )
     return "\n".join(rows)

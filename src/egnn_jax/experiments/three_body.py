@@ -19,14 +19,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.metadata
 import json
 import logging
 import math
-import os
-import platform
 import sys
-import tempfile
 import time
 import zlib
 from collections.abc import Sequence
@@ -40,6 +36,14 @@ from egnn_jax.testing import random_orthogonal
 
 from ._featurise import featurise, masses_vary, node_feature_names
 from ._models import ModelSpec, eval_fn_for, loss_fn_for, mse
+from ._report import (
+    LABELS,
+    device,
+    plot_loss_curves,
+    save_figure_atomic,
+    steps_per_second,
+    versions,
+)
 from ._train import TrainingDiverged, load_best_params, save_json_atomic, train
 
 __all__ = [
@@ -65,13 +69,6 @@ _KINDS = {
     "radial_field": ("radial_field", False),
     "egnn": ("egnn", False),
     "egnn_vel": ("egnn", True),
-}
-_LABELS = {
-    "linear": "Linear",
-    "gnn": "GNN",
-    "radial_field": "Radial Field",
-    "egnn": "EGNN",
-    "egnn_vel": "EGNN-vel",
 }
 
 
@@ -307,57 +304,9 @@ def equivariance_error(
     return out
 
 
-def _steps_per_second(history: list[dict]) -> float | None:
-    """Steady-state rate between the first and last evaluation (excludes compilation)."""
-    if len(history) < 2:
-        return None
-    dt = history[-1]["wall_time"] - history[0]["wall_time"]
-    return (history[-1]["step"] - history[0]["step"]) / dt if dt > 0 else None
-
-
 # --------------------------------------------------------------------------------------
 # Plots
 # --------------------------------------------------------------------------------------
-
-
-def _save_figure_atomic(fig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _plot_loss_curves(path: Path, histories: dict, val_mse: dict) -> None:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.subplots()
-    colors = {}
-    for name, hist in histories.items():
-        steps = [h["step"] for h in hist]
-        (line,) = ax.plot(steps, [h["train_loss"] for h in hist], label=f"{_LABELS[name]} train")
-        colors[name] = line.get_color()
-        ax.plot(
-            steps,
-            [h["val_loss"] for h in hist],
-            "--",
-            color=line.get_color(),
-            label=f"{_LABELS[name]} val",
-        )
-    for name, value in val_mse.items():
-        if name not in histories:
-            ax.axhline(value, color="gray", linestyle=":", label=f"{_LABELS[name]} val")
-    ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("MSE")
-    ax.set_title("Three-body: loss curves")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    _save_figure_atomic(fig, path)
 
 
 def _plot_predictions(path: Path, x0, target, preds: dict) -> None:
@@ -385,62 +334,19 @@ def _plot_predictions(path: Path, x0, target, preds: dict) -> None:
                 marker=markers[k % len(markers)],
                 s=35,
                 alpha=0.8,
-                label=_LABELS[name],
+                label=LABELS[name],
             )
         ax.set_title(f"validation system {i}")
         ax.set_aspect("equal", adjustable="datalim")
         ax.tick_params(labelsize=7)
     axes[0].legend(fontsize=7, loc="best")
     fig.suptitle("Start, true end and predicted end (x-y plane)")
-    _save_figure_atomic(fig, path)
+    save_figure_atomic(fig, path)
 
 
 # --------------------------------------------------------------------------------------
 # The pipeline
 # --------------------------------------------------------------------------------------
-
-
-def _versions() -> dict:
-    out = {"python": platform.python_version()}
-    for dist in (
-        "egnn-jax",
-        "jax",
-        "jaxlib",
-        "flax",
-        "optax",
-        "diffrax",
-        "orbax-checkpoint",
-        "numpy",
-        "matplotlib",
-    ):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
-def _device() -> dict:
-    dev = jax.devices()[0]
-    return {
-        "platform": dev.platform,
-        "device_kind": dev.device_kind,
-        "description": str(dev),
-        "num_devices": jax.device_count(),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "cpu_model": _cpu_model(),
-    }
 
 
 def train_and_evaluate(
@@ -524,7 +430,7 @@ def train_and_evaluate(
             "final_train_loss": res.history[-1]["train_loss"] if res.history else None,
             "steps_this_session": res.num_steps,
             "resumed": res.resumed,
-            "steps_per_second": _steps_per_second(res.history),
+            "steps_per_second": steps_per_second(res.history),
             "num_params": int(sum(np.size(p) for p in jax.tree.leaves(res.params))),
         }
 
@@ -550,8 +456,11 @@ def train_and_evaluate(
     wall["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    _plot_loss_curves(
-        workdir / "loss_curves.png", histories, {k: v["val_mse"] for k, v in results.items()}
+    plot_loss_curves(
+        workdir / "loss_curves.png",
+        histories,
+        {k: v["val_mse"] for k, v in results.items()},
+        title="Three-body: loss curves",
     )
     n_plot = min(config.n_plot_systems, config.n_val)
     _plot_predictions(
@@ -578,8 +487,8 @@ def train_and_evaluate(
         },
         "data": data["metadata"],
         "wall_seconds": wall,
-        "device": _device(),
-        "versions": _versions(),
+        "device": device(),
+        "versions": versions(),
         "config": config.to_dict(),
         "resumed": resume,
         "histories": histories,
@@ -650,7 +559,7 @@ def format_table(metrics: dict) -> str:
     for name, r in metrics["models"].items():
         sps = r.get("steps_per_second")
         lines.append(
-            f"| {_LABELS[name]} | {r['val_mse']:.4g} | {r.get('best_step', '-')} | "
+            f"| {LABELS[name]} | {r['val_mse']:.4g} | {r.get('best_step', '-')} | "
             f"{'-' if sps is None else f'{sps:.0f}'} | "
             f"{metrics['wall_seconds']['train'][name]:.1f} | {r['equivariance_max_rel_err']:.1e} |"
         )

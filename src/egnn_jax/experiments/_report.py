@@ -1,0 +1,113 @@
+"""Reporting shared by the experiments: machine and versions, loss-curve plots, atomic PNGs."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import jax
+
+LABELS = {
+    "linear": "Linear",
+    "gnn": "GNN",
+    "radial_field": "Radial Field",
+    "egnn": "EGNN",
+    "egnn_vel": "EGNN-vel",
+}
+
+
+def steps_per_second(history: list[dict]) -> float | None:
+    """Steady-state rate between the first and last evaluation (excludes compilation)."""
+    if len(history) < 2:
+        return None
+    dt = history[-1]["wall_time"] - history[0]["wall_time"]
+    return (history[-1]["step"] - history[0]["step"]) / dt if dt > 0 else None
+
+
+def save_figure_atomic(fig, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def plot_loss_curves(
+    path: Path, histories: dict, val_mse: dict, *, title: str, x_label: str = "iteration"
+) -> None:
+    """Train (solid) and validation (dashed) MSE per model, log scale; fitted models as lines."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    colors = {}
+    for name, hist in histories.items():
+        steps = [h["step"] for h in hist]
+        (line,) = ax.plot(steps, [h["train_loss"] for h in hist], label=f"{LABELS[name]} train")
+        colors[name] = line.get_color()
+        ax.plot(
+            steps,
+            [h["val_loss"] for h in hist],
+            "--",
+            color=line.get_color(),
+            label=f"{LABELS[name]} val",
+        )
+    for name, value in val_mse.items():
+        if name not in histories:
+            ax.axhline(value, color="gray", linestyle=":", label=f"{LABELS[name]} val")
+    ax.set_yscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("MSE")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    save_figure_atomic(fig, path)
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for dist in (
+        "egnn-jax",
+        "jax",
+        "jaxlib",
+        "flax",
+        "optax",
+        "diffrax",
+        "orbax-checkpoint",
+        "numpy",
+        "matplotlib",
+    ):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def device() -> dict:
+    dev = jax.devices()[0]
+    return {
+        "platform": dev.platform,
+        "device_kind": dev.device_kind,
+        "description": str(dev),
+        "num_devices": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "cpu_model": _cpu_model(),
+    }
