@@ -45,6 +45,14 @@ __all__ = [
 
 Kind = Literal["linear", "gnn", "radial_field", "egnn"]
 KINDS = ("linear", "gnn", "radial_field", "egnn")
+# The experiments' model names -> (kind, EGNN velocity variant).
+MODELS = {
+    "linear": ("linear", False),
+    "gnn": ("gnn", False),
+    "radial_field": ("radial_field", False),
+    "egnn": ("egnn", False),
+    "egnn_vel": ("egnn", True),
+}
 
 
 def _off_diagonal(m: int, dtype) -> jax.Array:
@@ -217,6 +225,14 @@ class ModelSpec:
             return egnn_jax.apply(params, cfg, h, x, v=v if cfg.velocity else None, edge_attr=a)[1]
 
         return jax.vmap(one)(batch["node_feat"], batch["x0"], batch["v0"], batch["edge_attr"])
+
+
+def model_spec(name: str, hidden_features: int = 64, num_layers: int = 4) -> ModelSpec:
+    """The `ModelSpec` of an experiment's model name (a key of `MODELS`)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {tuple(MODELS)}")
+    kind, velocity = MODELS[name]
+    return ModelSpec(name, kind, hidden_features, num_layers, velocity)
 
 
 def _gnn_inputs(batch) -> jax.Array:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import tempfile
 from pathlib import Path
 
 import jax
+
+from egnn_jax._atomic import atomic_open
 
 LABELS = {
     "linear": "Linear",
@@ -28,14 +29,8 @@ def steps_per_second(history: list[dict]) -> float | None:
 
 
 def save_figure_atomic(fig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
 
 
 def plot_loss_curves(

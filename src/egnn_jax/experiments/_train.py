@@ -26,9 +26,7 @@ import functools
 import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -41,6 +39,8 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from tqdm.auto import tqdm
+
+from egnn_jax._atomic import atomic_open
 
 __all__ = [
     "TrainResult",
@@ -315,17 +315,9 @@ def save_json_atomic(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (temporary file + ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 def checkpoint_dir(workdir: str | Path, name: str) -> Path:

@@ -32,21 +32,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from egnn_jax._atomic import atomic_open
 from egnn_jax.sim import charged_splits
 
-from ._models import ModelSpec, eval_fn_for, loss_fn_for, mse
+from ._models import MODELS, ModelSpec, eval_fn_for, loss_fn_for, mse
+from ._models import model_spec as _model_spec
 from ._report import LABELS, device, plot_loss_curves, versions
 from ._train import TrainingDiverged, save_json_atomic, train
 
 DEFAULT_WORKDIR = Path("experiments/results/nbody_charged")
 INPUT_FRAME, TARGET_FRAME = 30, 40
 PAPER_TEST_MSE = {"linear": 0.0819, "gnn": 0.0107, "radial_field": 0.0104, "egnn_vel": 0.0071}
-_SPECS = {
-    "linear": ("linear", False),
-    "gnn": ("gnn", False),
-    "radial_field": ("radial_field", False),
-    "egnn_vel": ("egnn", True),
-}
+_SPECS = {name: MODELS[name] for name in ("linear", "gnn", "radial_field", "egnn_vel")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,8 +124,7 @@ def quick_config() -> NBodyExperimentConfig:
 
 
 def model_spec(name: str, config: NBodyExperimentConfig) -> ModelSpec:
-    kind, velocity = _SPECS[name]
-    return ModelSpec(name, kind, config.hidden_features, config.num_layers, velocity)
+    return _model_spec(name, config.hidden_features, config.num_layers)
 
 
 def featurise(x0, v0, charges, target=None) -> dict:
@@ -208,11 +204,8 @@ def _params_path(workdir: Path, name: str) -> Path:
 
 
 def _save_params(workdir: Path, name: str, params) -> None:
-    path = _params_path(workdir, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(flax.serialization.to_bytes(params))
-    tmp.replace(path)
+    with atomic_open(_params_path(workdir, name)) as f:
+        f.write(flax.serialization.to_bytes(params))
 
 
 def _load_params(workdir: Path, name: str, like):

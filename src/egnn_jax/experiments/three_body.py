@@ -35,7 +35,8 @@ import numpy as np
 from egnn_jax.testing import random_orthogonal
 
 from ._featurise import featurise, masses_vary, node_feature_names
-from ._models import ModelSpec, eval_fn_for, loss_fn_for, mse
+from ._models import MODELS, ModelSpec, eval_fn_for, loss_fn_for, mse
+from ._models import model_spec as _model_spec
 from ._report import (
     LABELS,
     device,
@@ -63,13 +64,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WORKDIR = Path("experiments/results/three_body")
 MODEL_NAMES = ("linear", "gnn", "egnn", "egnn_vel")
-_KINDS = {
-    "linear": ("linear", False),
-    "gnn": ("gnn", False),
-    "radial_field": ("radial_field", False),
-    "egnn": ("egnn", False),
-    "egnn_vel": ("egnn", True),
-}
+_KINDS = MODELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,8 +168,7 @@ def quick_config() -> ThreeBodyExperimentConfig:
 
 def model_spec(name: str, config: ThreeBodyExperimentConfig) -> ModelSpec:
     """The `ModelSpec` of a model name under `config`."""
-    kind, velocity = _KINDS[name]
-    return ModelSpec(name, kind, config.hidden_features, config.num_layers, velocity)
+    return _model_spec(name, config.hidden_features, config.num_layers)
 
 
 # --------------------------------------------------------------------------------------

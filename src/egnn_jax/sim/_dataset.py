@@ -9,11 +9,12 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from egnn_jax._atomic import atomic_open
 
 __all__ = ["Dataset", "charged_splits", "load_dataset", "load_or_simulate", "save_dataset"]
 
@@ -117,16 +118,8 @@ def save_dataset(ds: Dataset, path: str | os.PathLike) -> Path:
     arrays = ds.arrays()
     ds.metadata["content_hash"] = content_hash(arrays)
     meta = np.array(json.dumps(ds.metadata, sort_keys=True))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, metadata_json=meta, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        np.savez(f, metadata_json=meta, **arrays)
     return path
 
 
