@@ -32,8 +32,8 @@ bench: $(STAMP) ## Benchmarks; JSON lands in benchmarks/results/
 	$(PY) benchmarks/bench_sim.py
 
 lint: $(STAMP) ## ruff check + format check
-	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks examples
+	$(PY) -m ruff format --check src tests benchmarks examples
 
 clean: ## Remove caches (keeps .venv and results)
 	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info

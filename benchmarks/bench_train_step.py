@@ -81,9 +81,7 @@ def main(argv=None):
 
     cases = {
         "dense_step": lambda: jax.block_until_ready(dense_step(params, opt_state, *dense_batch)),
-        "sparse_step": lambda: jax.block_until_ready(
-            sparse_step(params, opt_state, *sparse_batch)
-        ),
+        "sparse_step": lambda: jax.block_until_ready(sparse_step(params, opt_state, *sparse_batch)),
         "dense_forward": lambda: jax.block_until_ready(dense_fwd(params, *dense_batch)),
         "sparse_forward": lambda: jax.block_until_ready(sparse_fwd(params, *sparse_batch)),
     }

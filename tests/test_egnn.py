@@ -361,8 +361,11 @@ def test_sparse_bad_indices_raise_inside_jit():
     cfg, params, h, x, v, _ = _base()
     s = jnp.array([0, 1, 7], jnp.int32)
     r = jnp.array([1, 2, 3], jnp.int32)
-    f = jax.jit(lambda s, r: egnn_jax.apply(params, cfg, h, x, v=v, edge_attr=jnp.ones((3, 2)),
-                                            senders=s, receivers=r))
+    f = jax.jit(
+        lambda s, r: egnn_jax.apply(
+            params, cfg, h, x, v=v, edge_attr=jnp.ones((3, 2)), senders=s, receivers=r
+        )
+    )
     with pytest.raises(Exception, match="senders index out of range"):
         jax.block_until_ready(f(s, r))
 
