@@ -93,7 +93,7 @@ class EGCL(nn.Module):
     Attributes:
         config: the stack's `EGNNConfig` (hidden width and options).
 
-    Call arguments (dense `[M, ...]` / `[M, M, ...]`, sparse `[N, ...]` / `[E, ...]`):
+    Call arguments (nodes `[M, ...]`; edges `[M, M - 1, ...]` dense or `[E, ...]` sparse):
         graph: `DenseGraph` or `SparseGraph` backend.
         h: `[M, F]` node features.
         x: `[M, n]` positions.
@@ -112,8 +112,8 @@ class EGCL(nn.Module):
         width = cfg.hidden_features
         act = nn.silu
 
-        def dense(features, name, fan_in=width):
-            return _linear(features, fan_in, h.dtype, name)
+        def dense(features, name):  # every such layer reads a width-`width` input
+            return _linear(features, width, h.dtype, name)
 
         f = h.shape[-1]
         a = 0 if edge_attr is None else edge_attr.shape[-1]
