@@ -7,12 +7,13 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
 
 import jax
+
+from egnn_jax._atomic import atomic_open
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -61,10 +62,7 @@ def machine() -> dict:
 
 def write_json(name: str, payload: dict) -> Path:
     """Atomically write `benchmarks/results/<name>.json`."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    fd, tmp = tempfile.mkstemp(dir=RESULTS, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_open(path, "w") as f:
         json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
     return path

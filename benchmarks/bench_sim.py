@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import diffrax
 import jax
 import numpy as np
+from _common import write_json
 
 from egnn_jax.sim import ChargedConfig, ThreeBodyConfig, simulate_charged, simulate_three_body
-
-RESULTS = Path(__file__).resolve().parent / "results" / "bench_sim.json"
 
 
 def _time(fn, repeats):
@@ -118,12 +114,7 @@ def main() -> None:
         "repeats": args.repeats,
         "results": rows,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=RESULTS.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(tmp, RESULTS)
-    print(f"wrote {RESULTS}")
+    print(f"wrote {write_json('bench_sim', record)}")
 
 
 if __name__ == "__main__":
