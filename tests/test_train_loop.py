@@ -18,6 +18,7 @@ from egnn_jax.experiments._train import (
     make_train_chunk,
     save_json_atomic,
     train,
+    train_concurrently,
 )
 
 D = 3
@@ -308,3 +309,70 @@ def test_divergence_in_first_chunk_then_resume(tmp_path, allow_nans):
     healthy = optax.chain(make_optimizer(0.05, 0.0), poison_after(10**9))
     res = run(optimizer=healthy, workdir=tmp_path, num_steps=20, resume=True)
     assert res.resumed and res.num_steps == 20 and res.best_step > 0
+
+
+def _run_kwargs(**overrides):
+    kwargs = dict(
+        loss_fn=loss_fn,
+        params=init_params(),
+        train_data=TRAIN,
+        eval_fn=eval_fn,
+        val_data=VAL,
+        key=jax.random.key(0),
+        num_steps=40,
+        batch_size=16,
+        eval_every=10,
+        learning_rate=0.05,
+        progress=False,
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def test_concurrent_runs_equal_sequential_runs(tmp_path):
+    keys = {"a": 0, "b": 1, "c": 2}
+    alone = {n: run(name=n, num_steps=40, key=jax.random.key(k)) for n, k in keys.items()}
+    together = train_concurrently(
+        {n: _run_kwargs(key=jax.random.key(k), workdir=tmp_path) for n, k in keys.items()}
+    )
+    assert list(together) == ["a", "b", "c"]
+    for n in keys:
+        assert_trees_equal(alone[n].final_state, together[n].final_state)
+        assert strip_wall(alone[n].history) == strip_wall(together[n].history)
+        assert (checkpoint_dir(tmp_path, n) / "latest" / "40").is_dir()
+
+
+def test_concurrent_divergence_is_raised_after_the_other_runs_finish(tmp_path, allow_nans):
+    # `allow_nans` is a thread-local JAX setting: this also checks it reaches the workers.
+    bad = optax.chain(optax.adam(0.05), poison_after(14))
+    with pytest.raises(TrainingDiverged, match="'bad' diverged"):
+        train_concurrently(
+            {
+                "good": _run_kwargs(workdir=tmp_path),
+                "bad": _run_kwargs(optimizer=bad, workdir=tmp_path),
+            }
+        )
+    assert (checkpoint_dir(tmp_path, "good") / "latest" / "40").is_dir()
+    assert (checkpoint_dir(tmp_path, "bad") / "latest" / "10").is_dir()
+
+
+def test_stop_event_saves_state_then_resume_is_exact(tmp_path):
+    import threading
+
+    full = run(num_steps=40)
+    stop = threading.Event()
+    stop.set()  # seen after the first chunk
+    with pytest.raises(KeyboardInterrupt):
+        run(num_steps=40, workdir=tmp_path, checkpoint_every=40, stop=stop)
+    assert sorted(p.name for p in (checkpoint_dir(tmp_path, "toy") / "latest").iterdir()) == ["10"]
+    resumed = run(num_steps=40, workdir=tmp_path, checkpoint_every=40, resume=True)
+    assert resumed.num_steps == 30
+    assert_trees_equal(full.final_state, resumed.final_state)
+    assert strip_wall(full.history) == strip_wall(resumed.history)
+
+
+@pytest.mark.parametrize("queue_next_chunk", [True, False])
+def test_queueing_the_next_chunk_does_not_change_results(queue_next_chunk):
+    ref = run(num_steps=40)
+    res = run(num_steps=40, queue_next_chunk=queue_next_chunk)
+    assert_trees_equal(ref.final_state, res.final_state)

@@ -22,11 +22,13 @@ uninterrupted one (bitwise identical on the same machine).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import math
 import shutil
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -54,6 +56,7 @@ __all__ = [
     "make_train_step",
     "save_json_atomic",
     "train",
+    "train_concurrently",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,6 +71,7 @@ _FORMAT_VERSION = 1
 # repeated runs (tests, sweeps, resumes in one process) do not recompile.
 _JIT_CACHE: OrderedDict = OrderedDict()
 _JIT_CACHE_SIZE = 16
+_JIT_CACHE_LOCK = threading.Lock()  # `train_concurrently` runs `train` from several threads
 
 
 def _cached(cache_key: tuple, build: Callable[[], Any]) -> Any:
@@ -75,13 +79,14 @@ def _cached(cache_key: tuple, build: Callable[[], Any]) -> Any:
         hash(cache_key)
     except TypeError:  # unhashable loss/eval function: no reuse
         return build()
-    if cache_key in _JIT_CACHE:
-        _JIT_CACHE.move_to_end(cache_key)
-        return _JIT_CACHE[cache_key]
-    value = _JIT_CACHE[cache_key] = build()
-    while len(_JIT_CACHE) > _JIT_CACHE_SIZE:
-        _JIT_CACHE.popitem(last=False)
-    return value
+    with _JIT_CACHE_LOCK:
+        if cache_key in _JIT_CACHE:
+            _JIT_CACHE.move_to_end(cache_key)
+            return _JIT_CACHE[cache_key]
+        value = _JIT_CACHE[cache_key] = build()
+        while len(_JIT_CACHE) > _JIT_CACHE_SIZE:
+            _JIT_CACHE.popitem(last=False)
+        return value
 
 
 # --------------------------------------------------------------------------------------
@@ -532,6 +537,9 @@ def train(
     checkpoint_every: int | None = None,
     resume: bool = False,
     progress: bool | None = True,
+    progress_position: int | None = None,
+    stop: threading.Event | None = None,
+    queue_next_chunk: bool = True,
 ) -> TrainResult:
     """Train ``params`` to minimise ``loss_fn`` and keep the best validation checkpoint.
 
@@ -567,6 +575,14 @@ def train(
             run otherwise). With ``resume=False`` an existing checkpoint folder of the
             same name is deleted.
         progress: show a tqdm bar (``None``: only when attached to a terminal).
+        progress_position: line of the bar, for several runs at once (tqdm ``position``).
+        stop: when this event is set, the run stops at the next chunk boundary as on a
+            ``KeyboardInterrupt``: the state is saved for ``resume=True`` and
+            ``KeyboardInterrupt`` is raised (how `train_concurrently` interrupts its runs).
+        queue_next_chunk: dispatch the next chunk before waiting for the current one, so
+            an accelerator never idles on host work. `train_concurrently` turns it off on
+            a CPU, where a chunk queued behind a running one jumps ahead of other threads'
+            chunks (the CPU runtime schedules it LIFO) and starves them.
 
     Returns:
         A :class:`TrainResult` (best params / metrics / step, history, timings).
@@ -717,6 +733,7 @@ def train(
         unit="step",
         disable=None if progress is None else not progress,
         dynamic_ncols=True,
+        position=progress_position,
     )
 
     def dispatch(st: TrainState):
@@ -729,7 +746,8 @@ def train(
             new_state, losses_d, metrics_d = pending
             chunk_end = step + eval_every
             # Queue the next chunk before blocking, so the device never idles on the host.
-            pending = dispatch(new_state) if chunk_end < num_steps else None
+            queued = queue_next_chunk and chunk_end < num_steps
+            pending = dispatch(new_state) if queued else None
             losses, metrics = jax.device_get((losses_d, metrics_d))
             losses = np.asarray(losses)
             metrics = {k: float(v) for k, v in metrics.items()}
@@ -771,6 +789,11 @@ def train(
                 loss=_fmt(train_loss), val=_fmt(metrics["val_loss"]), best=_fmt(best_val)
             )
             bar.update(eval_every)
+            if stop is not None and stop.is_set() and step < num_steps:
+                pending = None  # a queued chunk's result is dropped; `state` is saved
+                raise KeyboardInterrupt
+            if not queued and step < num_steps:
+                pending = dispatch(state)
     except KeyboardInterrupt:
         # `state` is the last fully processed chunk boundary: save it for resume=True.
         save(state, step, history, wall_offset + time.perf_counter() - t_start)
@@ -790,3 +813,73 @@ def train(
         resumed=resumed,
         final_state=state,
     )
+
+
+def train_concurrently(
+    runs: Mapping[str, Mapping[str, Any]], *, max_workers: int | None = None
+) -> dict[str, TrainResult]:
+    """Run several independent :func:`train` calls at the same time, one thread each.
+
+    Small models leave most of a multi-core CPU idle (each step is a chain of small,
+    mostly sequential kernels); XLA runs the programs of different threads side by side,
+    so several models train in about the wall time of the slowest rather than the sum.
+    Every run is the same pure computation as alone: results do not depend on the
+    interleaving (each run is bitwise equal to a sequential one on the same machine).
+
+    Arguments:
+        runs: ``name -> keyword arguments of train`` (without ``name``, ``stop`` and
+            ``progress_position``, which are set here). Order sets the progress-bar lines.
+        max_workers: threads (default: one per run).
+
+    Returns:
+        ``name -> TrainResult``, in the order of ``runs``.
+
+    Raises:
+        The first run's exception (in ``runs`` order) once every run has ended, e.g.
+        :class:`TrainingDiverged`. On ``KeyboardInterrupt`` every run saves its state at
+        its next chunk boundary (resume with ``resume=True``), then it is re-raised.
+    """
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    if not runs:
+        return {}
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=max_workers or len(runs), thread_name_prefix="train")
+    on_cpu = jax.default_backend() == "cpu"
+    # JAX's context-manager settings are thread-local: carry the caller's into each thread.
+    settings = {
+        jax.debug_nans: jax.config.jax_debug_nans,
+        jax.debug_infs: jax.config.jax_debug_infs,
+        jax.enable_x64: jax.config.jax_enable_x64,
+        jax.default_matmul_precision: jax.config.jax_default_matmul_precision,
+    }
+
+    def run(**kwargs):
+        with contextlib.ExitStack() as stack:
+            for context, value in settings.items():
+                stack.enter_context(context(value))
+            return train(**kwargs)
+
+    futures = {
+        name: pool.submit(
+            run,
+            name=name,
+            stop=stop,
+            progress_position=i,
+            queue_next_chunk=not on_cpu,
+            **kwargs,
+        )
+        for i, (name, kwargs) in enumerate(runs.items())
+    }
+    try:
+        wait(futures.values())
+    except KeyboardInterrupt:
+        stop.set()
+        wait(futures.values())
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    for future in futures.values():
+        if future.exception() is not None:
+            raise future.exception()
+    return {name: future.result() for name, future in futures.items()}
