@@ -31,7 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 
 import egnn_jax
-from egnn_jax._egcl import _safe_norm, _xavier_uniform
+from egnn_jax._egcl import (
+    _linear,
+    _safe_norm,
+    _torch_bias_init,
+    _torch_kernel_init,
+    _xavier_uniform,
+)
 
 __all__ = [
     "GNN",
@@ -64,8 +70,9 @@ class GNN(nn.Module):
     """Non-equivariant message-passing GNN on one complete graph (the paper's "GNN" baseline).
 
     h = Embed(node_in); per layer: m_ij = phi_e(h_i, h_j, a_ij) (2-layer SiLU MLP on the
-    concatenation), m_i = sum_{j != i} m_ij, h_i <- h_i + phi_h(h_i, m_i); then a linear
-    decoder to `out_features` (the predicted position).
+    concatenation), m_i = sum_{j != i} m_ij, h_i <- h_i + phi_h(h_i, m_i); then a 2-layer
+    SiLU decoder to `out_features` (the predicted position), as the reference ``GNN``, with
+    the reference's (PyTorch ``nn.Linear``) initialisation.
 
     Call arguments: node_in `[M, F]`, edge_attr `[M, M, A]` or None. Returns `[M, out]`.
     """
@@ -80,28 +87,30 @@ class GNN(nn.Module):
         m_nodes = node_in.shape[0]
         a_width = 0 if edge_attr is None else edge_attr.shape[-1]
         mask = _off_diagonal(m_nodes, node_in.dtype)
-        h = nn.Dense(width, name="embedding")(node_in)
+        h = _linear(width, node_in.shape[-1], node_in.dtype, "embedding")(node_in)
+        dense = lambda features, name: _linear(features, width, h.dtype, name)
+        fan_in = 2 * width + a_width
         for i in range(self.num_layers):
             # The first message layer is linear in concat(h_i, h_j, a_ij): project the node
             # parts once per node, then pair them (same parameters as a Dense on the concat).
-            kernel = self.param(
-                f"edge_in_{i}_kernel", nn.initializers.lecun_normal(), (2 * width + a_width, width)
-            )
-            bias = self.param(f"edge_in_{i}_bias", nn.initializers.zeros_init(), (width,))
+            kernel = self.param(f"edge_in_{i}_kernel", _torch_kernel_init, (fan_in, width))
+            bias = self.param(f"edge_in_{i}_bias", _torch_bias_init(fan_in), (width,))
             m = (h @ kernel[:width])[:, None, :] + (h @ kernel[width : 2 * width])[None, :, :]
             m = m + bias[None, None, :]
             if edge_attr is not None:
                 m = m + edge_attr @ kernel[2 * width :]
             m = act(m)
-            m = act(nn.Dense(width, name=f"edge_out_{i}")(m))
+            m = act(dense(width, f"edge_out_{i}")(m))
             m_i = jnp.sum(m * mask, axis=1)
-            out = act(nn.Dense(width, name=f"node_hidden_{i}")(jnp.concatenate([h, m_i], -1)))
-            h = h + nn.Dense(width, name=f"node_out_{i}")(out)
-        return nn.Dense(self.out_features, name="decoder")(h)
+            node_in_i = jnp.concatenate([h, m_i], -1)
+            out = act(_linear(width, 2 * width, h.dtype, f"node_hidden_{i}")(node_in_i))
+            h = h + dense(width, f"node_out_{i}")(out)
+        h = act(dense(width, "decoder_hidden")(h))
+        return dense(self.out_features, "decoder")(h)
 
 
 class RadialField(nn.Module):
-    """Radial Field baseline with velocity (reference ``RF_vel``) on one complete graph.
+    """Radial Field baseline with velocity (reference ``RF_vel``, and its initialisation).
 
     Per layer: x_i <- x_i + mean_{j != i} (x_i - x_j) phi(|x_i - x_j|, a_ij)
     + phi_v(|v_i|) v_i, with phi a SiLU MLP ending in a tiny (gain 0.001) linear layer and
@@ -123,12 +132,12 @@ class RadialField(nn.Module):
             diff = x[:, None, :] - x[None, :, :]
             radial = _safe_norm(jnp.sum(diff * diff, axis=-1, keepdims=True))
             e = radial if edge_attr is None else jnp.concatenate([radial, edge_attr], -1)
-            w = act(nn.Dense(width, name=f"phi_hidden_{i}")(e))
+            w = act(_linear(width, e.shape[-1], x.dtype, f"phi_hidden_{i}")(e))
             w = nn.Dense(1, use_bias=False, kernel_init=_xavier_uniform(0.001), name=f"phi_{i}")(w)
             w = jnp.tanh(w)
             shift = jnp.sum(diff * w * mask, axis=1) / max(m_nodes - 1, 1)
-            phi_v = nn.Dense(1, name=f"vel_out_{i}")(
-                act(nn.Dense(width, name=f"vel_hidden_{i}")(speed))
+            phi_v = _linear(1, width, x.dtype, f"vel_out_{i}")(
+                act(_linear(width, 1, x.dtype, f"vel_hidden_{i}")(speed))
             )
             x = x + shift + phi_v * v
         return x
