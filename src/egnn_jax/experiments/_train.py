@@ -581,8 +581,8 @@ def train(
             ``KeyboardInterrupt`` is raised (how `train_concurrently` interrupts its runs).
         queue_next_chunk: dispatch the next chunk before waiting for the current one, so
             an accelerator never idles on host work. `train_concurrently` turns it off on
-            a CPU, where a chunk queued behind a running one jumps ahead of other threads'
-            chunks (the CPU runtime schedules it LIFO) and starves them.
+            a CPU: there, a chunk queued behind a running one was seen to run ahead of
+            other threads' chunks, starving one run until the others had finished.
 
     Returns:
         A :class:`TrainResult` (best params / metrics / step, history, timings).
@@ -827,8 +827,9 @@ def train_concurrently(
     interleaving (each run is bitwise equal to a sequential one on the same machine).
 
     Arguments:
-        runs: ``name -> keyword arguments of train`` (without ``name``, ``stop`` and
-            ``progress_position``, which are set here). Order sets the progress-bar lines.
+        runs: ``name -> keyword arguments of train`` (without ``name``, ``stop``,
+            ``progress_position`` and ``queue_next_chunk``, which are set here). Order sets
+            the progress-bar lines.
         max_workers: threads (default: one per run).
 
     Returns:
