@@ -73,3 +73,26 @@ def test_evaluate_reports_missing_arrays(quick_run, tmp_path):
     np.savez(path, x0=np.zeros((2, 5, 3)))
     with pytest.raises(ValueError, match="lacks arrays"):
         nbody_charged.evaluate_file(workdir, path)
+
+
+def test_retraining_some_models_keeps_the_other_rows(quick_run, tmp_path):
+    import dataclasses
+    import shutil
+
+    workdir, metrics = quick_run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    config = dataclasses.replace(nbody_charged.quick_config(), models=("radial_field",), epochs=5)
+    merged = nbody_charged.train_and_evaluate(config, copy, progress=False)
+    assert list(merged["models"]) == ["linear", "gnn", "radial_field", "egnn_vel"]
+    assert merged["config"]["models"] == list(merged["models"])
+    for name in ("linear", "gnn", "egnn_vel"):
+        assert merged["models"][name] == metrics["models"][name]
+    assert merged["models"]["radial_field"]["epochs"] == 5
+    assert merged["models"]["egnn_vel"]["epochs"] == 10
+    assert "radial_field" in merged["histories"] and "gnn" in merged["histories"]
+    assert "| Radial Field |" in nbody_charged.format_table(merged)
+    # Another protocol (here: width) starts a new table.
+    other = dataclasses.replace(config, hidden_features=8)
+    alone = nbody_charged.train_and_evaluate(other, copy, progress=False)
+    assert list(alone["models"]) == ["radial_field"]

@@ -220,6 +220,46 @@ def _template(spec: ModelSpec, batch: dict):
     return spec.init(jax.random.key(0), one)
 
 
+# Config fields that define the task and the models; runs that agree on them share a table.
+_PROTOCOL_FIELDS = (
+    "n_train",
+    "n_valid",
+    "n_test",
+    "n_simulated_train",
+    "batch_size",
+    "hidden_features",
+    "num_layers",
+    "learning_rate",
+    "weight_decay",
+    "eval_every_epochs",
+    "seed",
+)
+
+
+def _merge_previous(path: Path, config: NBodyExperimentConfig, results: dict, histories: dict):
+    """Keep the rows of models this run did not train from an earlier metrics.json in the
+    same workdir, when it used the same protocol (e.g. after ``--models gnn``). Each row
+    carries its own ``epochs`` and ``command``."""
+    if not path.is_file():
+        return results, histories
+    try:
+        previous = json.loads(path.read_text())
+        same = all(previous["config"][k] == getattr(config, k) for k in _PROTOCOL_FIELDS)
+        rows, old_histories = previous["models"], previous.get("histories", {})
+    except (ValueError, KeyError, TypeError):
+        return results, histories
+    if not same:
+        return results, histories
+    order = [n for n in _SPECS if n in results or n in rows]
+    merged = {n: results[n] if n in results else rows[n] for n in order}
+    merged_histories = {
+        n: histories[n] if n in results else old_histories[n]
+        for n in order
+        if n in histories or (n not in results and n in old_histories)
+    }
+    return merged, merged_histories
+
+
 def train_and_evaluate(
     config: NBodyExperimentConfig,
     workdir: str | Path,
@@ -304,6 +344,11 @@ def train_and_evaluate(
         results[name]["paper_test_mse"] = PAPER_TEST_MSE[name]
     results = {name: results[name] for name in config.models}
 
+    command = " ".join(["python -m egnn_jax.experiments.nbody_charged", *sys.argv[1:]])
+    for name in config.models:
+        results[name]["command"] = command
+    results, histories = _merge_previous(workdir / "metrics.json", config, results, histories)
+
     t = time.perf_counter()
     epoch_histories = {
         name: [h | {"step": h["epoch"]} for h in hist] for name, hist in histories.items()
@@ -330,8 +375,8 @@ def train_and_evaluate(
         "wall_seconds": wall,
         "device": device(),
         "versions": versions(),
-        "config": config.to_dict(),
-        "command": " ".join(["python -m egnn_jax.experiments.nbody_charged", *sys.argv[1:]]),
+        "config": config.to_dict() | {"models": list(results)},
+        "command": command,
         "histories": histories,
     }
     save_json_atomic(workdir / "metrics.json", metrics)
@@ -360,14 +405,15 @@ def evaluate_file(workdir: str | Path, path: str | Path) -> dict[str, float]:
 
 def format_table(metrics: dict) -> str:
     rows = [
-        "| model | test MSE (ours) | paper | best epoch | forward ms / batch |",
-        "|---|---|---|---|---|",
+        "| model | test MSE (ours) | paper | epochs | best epoch | forward ms / batch |",
+        "|---|---|---|---|---|---|",
     ]
     for name, r in metrics["models"].items():
-        best = r.get("best_epoch")
+        best, epochs = r.get("best_epoch"), r.get("epochs")
         rows.append(
             f"| {LABELS[name]} | {r['test_mse']:.4f} | {r['paper_test_mse']:.4f} | "
-            f"{'-' if best is None else int(best)} | {r['forward_ms_per_batch']:.2f} |"
+            f"{'-' if epochs is None else epochs} | {'-' if best is None else int(best)} | "
+            f"{r['forward_ms_per_batch']:.2f} |"
         )
     return "\n".join(rows)
 
