@@ -376,3 +376,19 @@ def test_queueing_the_next_chunk_does_not_change_results(queue_next_chunk):
     ref = run(num_steps=40)
     res = run(num_steps=40, queue_next_chunk=queue_next_chunk)
     assert_trees_equal(ref.final_state, res.final_state)
+
+
+def test_sigterm_acts_as_keyboard_interrupt():
+    import os
+    import signal
+    import time
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        _train.interrupt_on_signals()
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this returns
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import shutil
+import signal
 import threading
 import time
 from collections import OrderedDict
@@ -57,6 +58,7 @@ __all__ = [
     "save_json_atomic",
     "train",
     "train_concurrently",
+    "interrupt_on_signals",
 ]
 
 logger = logging.getLogger(__name__)
@@ -884,3 +886,23 @@ def train_concurrently(
         if future.exception() is not None:
             raise future.exception()
     return {name: future.result() for name, future in futures.items()}
+
+
+def interrupt_on_signals() -> None:
+    """Make SIGTERM (schedulers, ``kill``) and SIGINT act as Ctrl-C in the main thread.
+
+    `train` and `train_concurrently` answer ``KeyboardInterrupt`` by saving every run's
+    state at its next chunk boundary, so a terminated job resumes with ``--resume`` and
+    loses nothing. SIGINT is reset too because a shell starts background jobs with it
+    ignored. Meant for command-line entry points; a no-op outside the main thread, where
+    Python does not allow signal handlers.
+    """
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

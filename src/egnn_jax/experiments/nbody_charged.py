@@ -38,7 +38,12 @@ from egnn_jax.sim import charged_splits
 from ._models import MODELS, ModelSpec, eval_fn_for, loss_fn_for, mse
 from ._models import model_spec as _model_spec
 from ._report import LABELS, device, plot_loss_curves, versions
-from ._train import TrainingDiverged, save_json_atomic, train_concurrently
+from ._train import (
+    TrainingDiverged,
+    interrupt_on_signals,
+    save_json_atomic,
+    train_concurrently,
+)
 
 DEFAULT_WORKDIR = Path("experiments/results/nbody_charged")
 INPUT_FRAME, TARGET_FRAME = 30, 40
@@ -441,6 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="print JSON MSE of the saved models on FILE (x0, v0, q, xT)",
     )
     args = parser.parse_args(argv)
+    interrupt_on_signals()
     try:
         if args.evaluate is not None:
             print(json.dumps(evaluate_file(args.workdir, args.evaluate), indent=2))
@@ -456,6 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TrainingDiverged, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: training state saved; continue with --resume", file=sys.stderr)
+        return 130
     print(format_table(metrics))
     print(f"wrote {Path(args.workdir) / 'metrics.json'}")
     return 0

@@ -45,7 +45,13 @@ from ._report import (
     steps_per_second,
     versions,
 )
-from ._train import TrainingDiverged, load_best_params, save_json_atomic, train_concurrently
+from ._train import (
+    TrainingDiverged,
+    interrupt_on_signals,
+    load_best_params,
+    save_json_atomic,
+    train_concurrently,
+)
 
 __all__ = [
     "MODEL_NAMES",
@@ -602,6 +608,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
     args = _parser().parse_args(argv)
+    interrupt_on_signals()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.evaluate is not None:
@@ -624,6 +631,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: training state saved; continue with --resume", file=sys.stderr)
+        return 130
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
