@@ -53,9 +53,8 @@ def eval_fn(params, data):
     return {"val_loss": jnp.mean(err**2), "val_mae": jnp.mean(jnp.abs(err))}
 
 
-def run(**overrides):
+def _run_kwargs(**overrides):
     kwargs = dict(
-        name="toy",
         loss_fn=loss_fn,
         params=init_params(),
         train_data=TRAIN,
@@ -69,7 +68,11 @@ def run(**overrides):
         progress=False,
     )
     kwargs.update(overrides)
-    return train(**kwargs)
+    return kwargs
+
+
+def run(**overrides):
+    return train(**({"name": "toy"} | _run_kwargs(**overrides)))
 
 
 def assert_trees_equal(a, b):
@@ -311,29 +314,14 @@ def test_divergence_in_first_chunk_then_resume(tmp_path, allow_nans):
     assert res.resumed and res.num_steps == 20 and res.best_step > 0
 
 
-def _run_kwargs(**overrides):
-    kwargs = dict(
-        loss_fn=loss_fn,
-        params=init_params(),
-        train_data=TRAIN,
-        eval_fn=eval_fn,
-        val_data=VAL,
-        key=jax.random.key(0),
-        num_steps=40,
-        batch_size=16,
-        eval_every=10,
-        learning_rate=0.05,
-        progress=False,
-    )
-    kwargs.update(overrides)
-    return kwargs
-
-
 def test_concurrent_runs_equal_sequential_runs(tmp_path):
     keys = {"a": 0, "b": 1, "c": 2}
     alone = {n: run(name=n, num_steps=40, key=jax.random.key(k)) for n, k in keys.items()}
     together = train_concurrently(
-        {n: _run_kwargs(key=jax.random.key(k), workdir=tmp_path) for n, k in keys.items()}
+        {
+            n: _run_kwargs(num_steps=40, key=jax.random.key(k), workdir=tmp_path)
+            for n, k in keys.items()
+        }
     )
     assert list(together) == ["a", "b", "c"]
     for n in keys:
@@ -348,8 +336,8 @@ def test_concurrent_divergence_is_raised_after_the_other_runs_finish(tmp_path, a
     with pytest.raises(TrainingDiverged, match="'bad' diverged"):
         train_concurrently(
             {
-                "good": _run_kwargs(workdir=tmp_path),
-                "bad": _run_kwargs(optimizer=bad, workdir=tmp_path),
+                "good": _run_kwargs(num_steps=40, workdir=tmp_path),
+                "bad": _run_kwargs(num_steps=40, optimizer=bad, workdir=tmp_path),
             }
         )
     assert (checkpoint_dir(tmp_path, "good") / "latest" / "40").is_dir()

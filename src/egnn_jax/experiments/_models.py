@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import zlib
 from typing import Literal
 
 import flax.linen as nn
@@ -45,6 +46,7 @@ __all__ = [
     "RadialField",
     "eval_fn_for",
     "fit_linear",
+    "training_run",
     "loss_fn_for",
     "mse",
 ]
@@ -266,3 +268,23 @@ def eval_fn_for(spec: ModelSpec):
         return {"val_loss": mse(spec.predict(params, batch), batch["target"])}
 
     return eval_fn
+
+
+def training_run(spec: ModelSpec, key, train_data, val_data, **train_kwargs) -> dict:
+    """Keyword arguments of `_train.train` for a trainable `spec`.
+
+    The model's loss and evaluation functions, its parameters initialised from the first
+    training sample, and its own initialisation and shuffling keys, derived from `key` and
+    the model's name (so adding or removing a model leaves the others' results unchanged).
+    `train_kwargs` (steps, batch size, workdir, ...) are passed through.
+    """
+    k_init, k_shuffle = jax.random.split(jax.random.fold_in(key, zlib.crc32(spec.name.encode())))
+    return dict(
+        loss_fn=loss_fn_for(spec),
+        params=spec.init(k_init, jax.tree.map(lambda a: a[:1], train_data)),
+        train_data=train_data,
+        eval_fn=eval_fn_for(spec),
+        val_data=val_data,
+        key=k_shuffle,
+        **train_kwargs,
+    )

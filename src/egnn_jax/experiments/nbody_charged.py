@@ -23,7 +23,6 @@ import dataclasses
 import json
 import sys
 import time
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import numpy as np
 from egnn_jax._atomic import atomic_open
 from egnn_jax.sim import charged_splits
 
-from ._models import MODELS, ModelSpec, eval_fn_for, loss_fn_for, mse
+from ._models import MODELS, ModelSpec, mse, training_run
 from ._models import model_spec as _model_spec
 from ._report import LABELS, device, plot_loss_curves, versions
 from ._train import (
@@ -304,14 +303,11 @@ def train_and_evaluate(
             results[name] = {"t": float(params_of[name]["t"])}
             wall["train"][name] = time.perf_counter() - t
             continue
-        k_init, k_shuffle = jax.random.split(jax.random.fold_in(key, zlib.crc32(name.encode())))
-        runs[name] = dict(
-            loss_fn=loss_fn_for(spec),
-            params=spec.init(k_init, jax.tree.map(lambda a: a[:1], data["train"])),
-            train_data=data["train"],
-            eval_fn=eval_fn_for(spec),
-            val_data=data["valid"],
-            key=k_shuffle,
+        runs[name] = training_run(
+            spec,
+            key,
+            data["train"],
+            data["valid"],
             num_steps=config.epochs * spe,
             batch_size=config.batch_size,
             eval_every=config.eval_every_epochs * spe,

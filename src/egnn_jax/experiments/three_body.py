@@ -24,7 +24,6 @@ import logging
 import math
 import sys
 import time
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import numpy as np
 from egnn_jax.testing import random_orthogonal
 
 from ._featurise import featurise, masses_vary, node_feature_names
-from ._models import MODELS, ModelSpec, eval_fn_for, loss_fn_for, mse
+from ._models import MODELS, ModelSpec, mse, training_run
 from ._models import model_spec as _model_spec
 from ._report import (
     LABELS,
@@ -406,14 +405,11 @@ def train_and_evaluate(
             results[name] = {"t": float(params["t"]), "fit": "least squares on the training set"}
             wall["train"][name] = time.perf_counter() - t
             continue
-        k_init, k_shuffle = jax.random.split(jax.random.fold_in(key, zlib.crc32(name.encode())))
-        runs[name] = dict(
-            loss_fn=loss_fn_for(spec),
-            params=spec.init(k_init, jax.tree.map(lambda a: a[:1], train_batch)),
-            train_data=train_batch,
-            eval_fn=eval_fn_for(spec),
-            val_data=val_batch,
-            key=k_shuffle,
+        runs[name] = training_run(
+            spec,
+            key,
+            train_batch,
+            val_batch,
             num_steps=config.iterations,
             batch_size=config.batch_size,
             eval_every=config.chunk_len,
