@@ -63,7 +63,9 @@ class NBodyExperimentConfig:
             `eval_every_epochs`).
         batch_size, learning_rate, weight_decay, hidden_features, num_layers: paper values.
         models: names from ``linear, gnn, radial_field, egnn_vel``.
-        seed: simulator, initialisation and shuffling seed.
+        seed: simulator seed, and initialisation and shuffling seed unless `train_seed`.
+        train_seed: initialisation and shuffling seed on the same data (None: `seed`), for
+            measuring the spread between training runs.
     """
 
     n_train: int = 3_000
@@ -80,6 +82,7 @@ class NBodyExperimentConfig:
     num_layers: int = 4
     models: tuple[str, ...] = tuple(_SPECS)
     seed: int = 0
+    train_seed: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "models", tuple(self.models))
@@ -237,6 +240,7 @@ _PROTOCOL_FIELDS = (
     "weight_decay",
     "eval_every_epochs",
     "seed",
+    "train_seed",
 )
 
 
@@ -248,7 +252,7 @@ def _merge_previous(path: Path, config: NBodyExperimentConfig, results: dict, hi
         return results, histories
     try:
         previous = json.loads(path.read_text())
-        same = all(previous["config"][k] == getattr(config, k) for k in _PROTOCOL_FIELDS)
+        same = all(previous["config"].get(k) == getattr(config, k) for k in _PROTOCOL_FIELDS)
         rows, old_histories = previous["models"], previous.get("histories", {})
     except (ValueError, KeyError, TypeError):
         return results, histories
@@ -292,7 +296,7 @@ def train_and_evaluate(
     data = load_data(config, workdir / "data" if data_dir is None else data_dir, progress)
     wall["simulate"] = time.perf_counter() - t
 
-    key = jax.random.key(config.seed)
+    key = jax.random.key(config.seed if config.train_seed is None else config.train_seed)
     spe = config.steps_per_epoch
     results, histories, params_of, runs = {}, {}, {}, {}
     for name in config.models:
@@ -433,7 +437,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="tiny end-to-end smoke run")
     parser.add_argument("--resume", action="store_true", help="continue from checkpoints")
-    parser.add_argument("--seed", type=int, default=None, help="seed (0)")
+    parser.add_argument("--seed", type=int, default=None, help="data and training seed (0)")
+    parser.add_argument(
+        "--train-seed", type=int, default=None, help="training seed on the same data (--seed)"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="simulation cache (default WORKDIR/data)"
+    )
     parser.add_argument(
         "--evaluate",
         type=Path,
@@ -448,13 +458,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(evaluate_file(args.workdir, args.evaluate), indent=2))
             return 0
         config = quick_config() if args.quick else NBodyExperimentConfig()
-        overrides = {"epochs": args.epochs, "seed": args.seed}
+        overrides = {"epochs": args.epochs, "seed": args.seed, "train_seed": args.train_seed}
         if args.models:
             overrides["models"] = tuple(args.models.split(","))
         config = dataclasses.replace(
             config, **{k: v for k, v in overrides.items() if v is not None}
         )
-        metrics = train_and_evaluate(config, args.workdir, resume=args.resume)
+        metrics = train_and_evaluate(
+            config, args.workdir, resume=args.resume, data_dir=args.data_dir
+        )
     except (TrainingDiverged, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
