@@ -259,12 +259,9 @@ def _merge_previous(path: Path, config: NBodyExperimentConfig, results: dict, hi
     if not same:
         return results, histories
     order = [n for n in _SPECS if n in results or n in rows]
-    merged = {n: results[n] if n in results else rows[n] for n in order}
-    merged_histories = {
-        n: histories[n] if n in results else old_histories[n]
-        for n in order
-        if n in histories or (n not in results and n in old_histories)
-    }
+    source = {n: (results, histories) if n in results else (rows, old_histories) for n in order}
+    merged = {n: source[n][0][n] for n in order}
+    merged_histories = {n: source[n][1][n] for n in order if n in source[n][1]}
     return merged, merged_histories
 
 
