@@ -792,8 +792,7 @@ def train(
             )
             bar.update(eval_every)
             if stop is not None and stop.is_set() and step < num_steps:
-                pending = None  # a queued chunk's result is dropped; `state` is saved
-                raise KeyboardInterrupt
+                raise KeyboardInterrupt  # a queued chunk is dropped; `state` is saved
             if not queued and step < num_steps:
                 pending = dispatch(state)
     except KeyboardInterrupt:
