@@ -82,6 +82,10 @@ def test_retraining_some_models_keeps_the_other_rows(quick_run, tmp_path):
     workdir, metrics = quick_run
     copy = tmp_path / "copy"
     shutil.copytree(workdir, copy)
+    # A metrics.json written before the `sampler` field existed still counts as the default.
+    old = json.loads((copy / "metrics.json").read_text())
+    del old["config"]["sampler"]
+    (copy / "metrics.json").write_text(json.dumps(old))
     config = dataclasses.replace(nbody_charged.quick_config(), models=("radial_field",), epochs=5)
     merged = nbody_charged.train_and_evaluate(config, copy, progress=False)
     assert list(merged["models"]) == ["linear", "gnn", "radial_field", "egnn_vel"]
@@ -96,3 +100,14 @@ def test_retraining_some_models_keeps_the_other_rows(quick_run, tmp_path):
     other = dataclasses.replace(config, hidden_features=8)
     alone = nbody_charged.train_and_evaluate(other, copy, progress=False)
     assert list(alone["models"]) == ["radial_field"]
+    # So does other data (the reference generator's NumPy stream).
+    legacy = dataclasses.replace(config, sampler="numpy-legacy", seed=43, models=("linear",))
+    alone = nbody_charged.train_and_evaluate(legacy, copy, progress=False)
+    assert list(alone["models"]) == ["linear"]
+    assert alone["config"]["sampler"] == "numpy-legacy"
+    assert alone["data"]["test"]["content_hash"] != metrics["data"]["test"]["content_hash"]
+
+
+def test_config_rejects_unknown_sampler():
+    with pytest.raises(ValueError, match="sampler"):
+        nbody_charged.NBodyExperimentConfig(sampler="torch")

@@ -124,7 +124,64 @@ def test_constant_velocity_baseline_full_protocol(tmp_path):
     assert abs(mse - 0.084) < 0.004, mse
 
 
-@pytest.mark.parametrize("kwargs", [{"dim": 1}, {"n_trajectories": -1}, {"split": "dev"}])
+def _reference_generator(rng, n_sims, T, sample_freq, box_size, n=5, dim=3):
+    """The reference ``generate_dataset.py`` / ``sample_trajectory`` draws, in their order, for
+    ``n_sims`` trajectories from the NumPy legacy stream ``rng``.
+
+    Returns positions ``[N, T', n, dim]`` and the number of coordinates reflected at the start.
+    """
+    out, reflected = [], 0
+    for _ in range(n_sims):
+        charges = rng.choice(np.array([-1.0, 0.0, 1.0]), size=(n, 1), p=[0.5, 0.0, 0.5])
+        loc = rng.randn(dim, n) * 1.0
+        vel = rng.randn(dim, n)
+        vel = vel * 0.5 / np.sqrt((vel**2).sum(axis=0)).reshape(1, -1)
+        over = loc > box_size  # the in-place `_clamp`
+        loc[over], vel[over] = 2 * box_size - loc[over], -np.abs(vel[over])
+        under = loc < -box_size
+        loc[under], vel[under] = -2 * box_size - loc[under], np.abs(vel[under])
+        reflected += int(over.sum() + under.sum())
+        x, _ = _reference(loc.T, vel.T, charges[:, 0], T, sample_freq)
+        t_save = T // sample_freq - 1
+        rng.randn(t_save, dim, n)  # observation noise (scaled by 0) still advances the stream
+        rng.randn(t_save, dim, n)
+        out.append(x)
+    return np.stack(out), reflected
+
+
+def test_numpy_legacy_sampler_regenerates_the_reference_stream():
+    # One legacy stream runs through train (3), valid (2), test (2); a small box exercises the
+    # reflection at the start.
+    rng = np.random.RandomState(43)
+    want = {
+        s: _reference_generator(rng, k, 500, 100, 2.0)
+        for s, k in (("train", 3), ("valid", 2), ("test", 2))
+    }
+    assert sum(r for _, r in want.values()) > 0  # the reflection is exercised
+    for split, (ref_x, _) in want.items():
+        cfg = ChargedConfig(
+            n_trajectories=len(ref_x),
+            n_steps=500,
+            box_size=2.0,
+            split=split,
+            seed=43,
+            sampler="numpy-legacy",
+            legacy_split_sizes=(3, 2),
+        )
+        ds = simulate_charged(cfg)
+        np.testing.assert_allclose(ds.x, ref_x, rtol=0, atol=1e-5, err_msg=split)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"dim": 1},
+        {"n_trajectories": -1},
+        {"split": "dev"},
+        {"sampler": "torch"},
+        {"legacy_split_sizes": (10, -1)},
+    ],
+)
 def test_config_validation(kwargs):
     with pytest.raises(ValueError):
         ChargedConfig(**kwargs)

@@ -33,6 +33,7 @@ import numpy as np
 
 from egnn_jax._atomic import atomic_open
 from egnn_jax.sim import charged_splits
+from egnn_jax.sim._charged import SAMPLERS
 
 from ._models import MODELS, ModelSpec, mse, training_run
 from ._models import model_spec as _model_spec
@@ -66,6 +67,9 @@ class NBodyExperimentConfig:
         seed: simulator seed, and initialisation and shuffling seed unless `train_seed`.
         train_seed: initialisation and shuffling seed on the same data (None: `seed`), for
             measuring the spread between training runs.
+        sampler: initial conditions from the JAX PRNG (``"jax"``) or from NumPy's legacy
+            stream in the reference generator's order (``"numpy-legacy"``; with ``seed=43``
+            this is the paper's own dataset), see `egnn_jax.sim.ChargedConfig`.
     """
 
     n_train: int = 3_000
@@ -83,9 +87,12 @@ class NBodyExperimentConfig:
     models: tuple[str, ...] = tuple(_SPECS)
     seed: int = 0
     train_seed: int | None = None
+    sampler: str = "jax"
 
     def __post_init__(self):
         object.__setattr__(self, "models", tuple(self.models))
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         unknown = [m for m in self.models if m not in _SPECS]
         if unknown or not self.models:
             raise ValueError(f"models must be names from {tuple(_SPECS)}, got {self.models}")
@@ -182,6 +189,13 @@ def load_data(config: NBodyExperimentConfig, data_dir: str | Path, progress=None
         n_test=config.n_test,
         seed=config.seed,
         progress=bool(progress),
+        sampler=config.sampler,
+        # the legacy stream draws train, then valid, then test
+        **(
+            {"legacy_split_sizes": (config.n_simulated_train, config.n_valid)}
+            if config.sampler == "numpy-legacy"
+            else {}
+        ),
     )
     return {
         "train": _frames(train_ds, config.n_train),
@@ -241,7 +255,9 @@ _PROTOCOL_FIELDS = (
     "eval_every_epochs",
     "seed",
     "train_seed",
+    "sampler",
 )
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(NBodyExperimentConfig)}
 
 
 def _merge_previous(path: Path, config: NBodyExperimentConfig, results: dict, histories: dict):
@@ -252,7 +268,8 @@ def _merge_previous(path: Path, config: NBodyExperimentConfig, results: dict, hi
         return results, histories
     try:
         previous = json.loads(path.read_text())
-        same = all(previous["config"].get(k) == getattr(config, k) for k in _PROTOCOL_FIELDS)
+        old = previous["config"]
+        same = all(old.get(k, _DEFAULTS[k]) == getattr(config, k) for k in _PROTOCOL_FIELDS)
         rows, old_histories = previous["models"], previous.get("histories", {})
     except (ValueError, KeyError, TypeError):
         return results, histories
@@ -439,6 +456,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--train-seed", type=int, default=None, help="training seed on the same data (--seed)"
     )
     parser.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default=None,
+        help="initial conditions: JAX PRNG (default) or NumPy's legacy stream in the reference "
+        "generator's order; '--sampler numpy-legacy --seed 43' is the paper's dataset",
+    )
+    parser.add_argument(
         "--data-dir", type=Path, default=None, help="simulation cache (default WORKDIR/data)"
     )
     parser.add_argument(
@@ -455,7 +479,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(evaluate_file(args.workdir, args.evaluate), indent=2))
             return 0
         config = quick_config() if args.quick else NBodyExperimentConfig()
-        overrides = {"epochs": args.epochs, "seed": args.seed, "train_seed": args.train_seed}
+        overrides = {
+            "epochs": args.epochs,
+            "seed": args.seed,
+            "train_seed": args.train_seed,
+            "sampler": args.sampler,
+        }
         if args.models:
             overrides["models"] = tuple(args.models.split(","))
         config = dataclasses.replace(

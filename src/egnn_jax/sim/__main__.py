@@ -12,7 +12,7 @@ import dataclasses
 import json
 import sys
 
-from ._charged import ChargedConfig
+from ._charged import SAMPLERS, ChargedConfig
 from ._dataset import save_dataset
 from ._three_body import ThreeBodyConfig
 
@@ -94,6 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=ch.split,
         help="independent PRNG stream of the seed",
     )
+    c.add_argument(
+        "--sampler",
+        choices=SAMPLERS,
+        default=ch.sampler,
+        help="initial conditions from the JAX PRNG, or NumPy's legacy stream in the reference "
+        "generator's order (--seed 43: the EGNN paper's nbody_small data)",
+    )
+    c.add_argument(
+        "--legacy-split-sizes",
+        type=int,
+        nargs=2,
+        default=ch.legacy_split_sizes,
+        metavar=("TRAIN", "VALID"),
+        help="numpy-legacy: trajectories drawn for train and valid before the later splits",
+    )
     c.add_argument("--dim", type=int, choices=(2, 3), default=ch.dim, help="spatial dimension")
     c.add_argument("--n-particles", type=_positive_int, default=ch.n_particles, help="particles")
     c.add_argument("--n-steps", type=_positive_int, default=ch.n_steps, help="integration steps")
@@ -149,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                 precision=args.precision,
                 chunk_size=args.chunk_size,
                 seed=args.seed,
+                sampler=args.sampler,
+                legacy_split_sizes=tuple(args.legacy_split_sizes),
             )
             ds = simulate_charged(cfg, progress=not args.no_progress)
     except ValueError as e:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "SAMPLERS",
     "ChargedConfig",
     "charged_forces",
     "charged_trajectory",
@@ -25,6 +26,7 @@ __all__ = [
 ]
 
 _SPLITS = ("train", "valid", "test")
+SAMPLERS = ("jax", "numpy-legacy")
 
 
 def charged_forces(x, charges, interaction_strength=1.0, max_force=100.0):
@@ -138,6 +140,21 @@ class ChargedConfig:
     ``i`` uses ``fold_in(stream, i)``.  The benchmark uses 10,000 train (first 3,000 used),
     2,000 valid and 2,000 test trajectories (see :func:`charged_splits`).
 
+    ``sampler`` chooses where the initial conditions come from:
+
+    * ``"jax"`` (default): the JAX PRNG streams above.
+    * ``"numpy-legacy"``: NumPy's legacy ``RandomState(seed)``, drawn in the reference
+      generator's call order (``generate_dataset.py`` of the EGNN code). Per trajectory: charges
+      by ``choice([-1, 0, 1], size=(M, 1), p=[½, 0, ½])``, positions ``randn(dim, M)·loc_std``,
+      velocities ``randn(dim, M)`` rescaled to ``vel_norm``, then two ``randn(n_frames, dim, M)``
+      observation-noise draws (noise 0, but they advance the stream). One stream runs through
+      the train, valid and test splits in that order; ``legacy_split_sizes`` gives the sizes of
+      the train and valid splits drawn before the later ones, so ``split="valid"`` skips that
+      many trajectories. With ``seed=43`` and the default sizes this regenerates the paper's
+      ``nbody_small`` data (the trajectories then follow from our integrator, which matches the
+      reference loop). The reference scales ``loc_std`` by ``(M/5)^(1/3)``; here ``loc_std`` is
+      used as given (the same for M = 5).
+
     ``precision``: "float64" (default, as the reference generator) or "float32" (~4x faster).
     The stored arrays are float32 either way.
     """
@@ -157,6 +174,8 @@ class ChargedConfig:
     precision: str = "float64"
     chunk_size: int = 1_000
     seed: int = 0
+    sampler: str = "jax"
+    legacy_split_sizes: tuple[int, int] = (10_000, 2_000)
 
     def __post_init__(self):
         if self.n_trajectories <= 0:
@@ -173,6 +192,13 @@ class ChargedConfig:
             raise ValueError(f"precision must be 'float32' or 'float64'; got {self.precision!r}")
         if self.chunk_size <= 0 or self.dt <= 0:
             raise ValueError("chunk_size and dt must be > 0")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}; got {self.sampler!r}")
+        object.__setattr__(self, "legacy_split_sizes", tuple(self.legacy_split_sizes))
+        if len(self.legacy_split_sizes) != 2 or min(self.legacy_split_sizes) < 0:
+            raise ValueError(
+                f"legacy_split_sizes must be two sizes >= 0; got {self.legacy_split_sizes}"
+            )
 
     @property
     def n_frames(self) -> int:
@@ -183,6 +209,15 @@ class ChargedConfig:
         return self.dt * self.save_every * np.arange(1, self.n_frames + 1)
 
 
+def _reflect_into_box(x, v, box_size):
+    """Reflect positions into ``|x| <= box_size`` once, flipping those velocity components
+    inwards (the reference ``_clamp``)."""
+    over, under = x > box_size, x < -box_size
+    x = jnp.where(over, 2 * box_size - x, jnp.where(under, -2 * box_size - x, x))
+    v = jnp.where(over, -jnp.abs(v), jnp.where(under, jnp.abs(v), v))
+    return x, v
+
+
 def sample_charged_initial_conditions(key, n_particles, dim, loc_std, vel_norm, box_size, dtype):
     """Draw ``(x0 [M, dim], v0 [M, dim], charges [M])`` for one system (see ChargedConfig)."""
     kq, kx, kv = jax.random.split(key, 3)
@@ -190,23 +225,48 @@ def sample_charged_initial_conditions(key, n_particles, dim, loc_std, vel_norm, 
     x = loc_std * jax.random.normal(kx, (n_particles, dim), dtype)
     v = jax.random.normal(kv, (n_particles, dim), dtype)
     v = v * (vel_norm / jnp.linalg.norm(v, axis=-1, keepdims=True))
-    # Reflect into the box once, flipping the offending velocity component inwards.
-    over, under = x > box_size, x < -box_size
-    x = jnp.where(over, 2 * box_size - x, jnp.where(under, -2 * box_size - x, x))
-    v = jnp.where(over, -jnp.abs(v), jnp.where(under, jnp.abs(v), v))
+    x, v = _reflect_into_box(x, v, box_size)
     return x, v, charges
 
 
-@jax.jit(static_argnames=("n_particles", "dim", "n_frames", "save_every", "dtype"))
-def _simulate_batch(
-    keys, *, n_particles, dim, n_frames, save_every, dtype, params
-):  # params: dt, interaction_strength, max_force, loc_std, vel_norm, box_size
-    dt, strength, max_force, loc_std, vel_norm, box_size = params
-    x0, v0, q = jax.vmap(
+def legacy_initial_conditions(cfg: ChargedConfig):
+    """The initial conditions of ``cfg``'s split drawn by NumPy's legacy ``RandomState``.
+
+    See the ``sampler="numpy-legacy"`` notes of :class:`ChargedConfig` for the call order.
+
+    Returns:
+        ``(x0, v0, charges)`` as float64 NumPy arrays ``[N, M, dim]``, ``[N, M, dim]``,
+        ``[N, M]``, before the reflection into the box.
+    """
+    rng = np.random.RandomState(cfg.seed)
+    n_train, n_valid = cfg.legacy_split_sizes
+    skip = {"train": 0, "valid": n_train, "test": n_train + n_valid}[cfg.split]
+    m, dim, n = cfg.n_particles, cfg.dim, cfg.n_trajectories
+    x0, v0, q = np.empty((n, m, dim)), np.empty((n, m, dim)), np.empty((n, m))
+    for i in range(skip + n):
+        charges = rng.choice([-1.0, 0.0, 1.0], size=(m, 1), p=[0.5, 0.0, 0.5])
+        x = rng.randn(dim, m) * cfg.loc_std
+        v = rng.randn(dim, m)
+        v = v * cfg.vel_norm / np.sqrt((v**2).sum(axis=0, keepdims=True))
+        for _ in range(2):  # the reference's observation noise, scaled by 0 but drawn
+            rng.randn(cfg.n_frames, dim, m)
+        if i >= skip:
+            x0[i - skip], v0[i - skip], q[i - skip] = x.T, v.T, charges[:, 0]
+    return x0, v0, q
+
+
+@jax.jit(static_argnames=("n_particles", "dim", "dtype"))
+def _sample_batch(keys, *, n_particles, dim, dtype, loc_std, vel_norm, box_size):
+    return jax.vmap(
         lambda k: sample_charged_initial_conditions(
             k, n_particles, dim, loc_std, vel_norm, box_size, dtype
         )
     )(keys)
+
+
+@jax.jit(static_argnames=("n_frames", "save_every"))
+def _simulate_batch(x0, v0, q, *, n_frames, save_every, dt, interaction_strength, max_force):
+    """Integrate ``[B, M, dim]`` initial conditions; frames ``[B, T, M, dim]`` in float32."""
     xs, vs = _run(
         jnp.moveaxis(x0, 0, -1),
         jnp.moveaxis(v0, 0, -1),
@@ -214,11 +274,11 @@ def _simulate_batch(
         n_frames=n_frames,
         save_every=save_every,
         dt=dt,
-        interaction_strength=strength,
+        interaction_strength=interaction_strength,
         max_force=max_force,
     )
     to_np = lambda a: jnp.moveaxis(a, -1, 0).astype(jnp.float32)  # [B, T, M, dim]
-    return to_np(xs), to_np(vs), q.astype(jnp.float32), x0, v0
+    return to_np(xs), to_np(vs), q.astype(jnp.float32)
 
 
 def simulate_charged(cfg: ChargedConfig | None = None, *, progress: bool = False):
@@ -239,19 +299,24 @@ def simulate_charged(cfg: ChargedConfig | None = None, *, progress: bool = False
     n = cfg.n_trajectories
     chunk = min(cfg.chunk_size, n)
     use64 = cfg.precision == "float64"
-    params = (
-        cfg.dt,
-        cfg.interaction_strength,
-        cfg.max_force,
-        cfg.loc_std,
-        cfg.vel_norm,
-        cfg.box_size,
-    )
     xs, vs, qs = [], [], []
     with jax.enable_x64(use64):
         dtype = jnp.float64 if use64 else jnp.float32
-        stream = jax.random.fold_in(jax.random.key(cfg.seed), _SPLITS.index(cfg.split))
-        keys_all = jax.vmap(lambda i: jax.random.fold_in(stream, i))(jnp.arange(n))
+        if cfg.sampler == "numpy-legacy":
+            x0, v0, q = (jnp.asarray(a, dtype) for a in legacy_initial_conditions(cfg))
+            x0, v0 = _reflect_into_box(x0, v0, cfg.box_size)
+        else:
+            stream = jax.random.fold_in(jax.random.key(cfg.seed), _SPLITS.index(cfg.split))
+            keys = jax.vmap(lambda i: jax.random.fold_in(stream, i))(jnp.arange(n))
+            x0, v0, q = _sample_batch(
+                keys,
+                n_particles=cfg.n_particles,
+                dim=cfg.dim,
+                dtype=dtype,
+                loc_std=cfg.loc_std,
+                vel_norm=cfg.vel_norm,
+                box_size=cfg.box_size,
+            )
         starts = range(0, n, chunk)
         if progress:
             from tqdm.auto import tqdm
@@ -259,21 +324,21 @@ def simulate_charged(cfg: ChargedConfig | None = None, *, progress: bool = False
             starts = tqdm(starts, desc="charged", unit="chunk", total=math.ceil(n / chunk))
         for s in starts:
             e = min(s + chunk, n)
-            keys = keys_all[s:e]
-            if e - s < chunk:  # pad the last chunk to the compiled shape
-                keys = jnp.concatenate([keys, jnp.repeat(keys[:1], chunk - (e - s), axis=0)])
-            x, v, q, _, _ = _simulate_batch(
-                keys,
-                n_particles=cfg.n_particles,
-                dim=cfg.dim,
+            rows = np.arange(s, s + chunk)
+            rows[rows >= e] = s  # pad the last chunk to the compiled shape
+            x, v, qf = _simulate_batch(
+                x0[rows],
+                v0[rows],
+                q[rows],
                 n_frames=cfg.n_frames,
                 save_every=cfg.save_every,
-                dtype=dtype,
-                params=params,
+                dt=cfg.dt,
+                interaction_strength=cfg.interaction_strength,
+                max_force=cfg.max_force,
             )
             xs.append(np.asarray(x)[: e - s])
             vs.append(np.asarray(v)[: e - s])
-            qs.append(np.asarray(q)[: e - s])
+            qs.append(np.asarray(qf)[: e - s])
     extra = {"wall_seconds": time.perf_counter() - start, "integrator": "semi-implicit Euler"}
     return Dataset(
         x=np.concatenate(xs),
