@@ -12,6 +12,8 @@ not come back below), so a few hundred epochs per seed measure what a full run w
 ``seed_study.json`` (``seed_study_<sampler>_seed<k>.json`` for other data) with per-seed
 results, their mean and sample standard deviation, into the results folder; runs land in
 ``<workdir>/train_seed_<k>/``. ``--jobs N`` trains N seeds at a time, in separate processes.
+
+    python examples/nbody_seed_study.py --plot   # seed_study.png from every seed_study*.json
 """
 
 from __future__ import annotations
@@ -24,17 +26,60 @@ import statistics
 from pathlib import Path
 
 from egnn_jax.experiments import nbody_charged
+from egnn_jax.experiments._report import save_figure_atomic
 from egnn_jax.experiments._train import save_json_atomic
 
 RESULTS = Path("experiments/results/nbody_charged")
 
 
-def _train_one(config, workdir: Path, data_dir: Path, progress: bool) -> dict:
+def _train_one(config, workdir: Path, data_dir: Path, progress: bool, resume: bool) -> dict:
     metrics = nbody_charged.train_and_evaluate(
-        config, workdir, data_dir=data_dir, progress=progress
+        config, workdir, data_dir=data_dir, progress=progress, resume=resume
     )
     row = metrics["models"]["egnn_vel"]
     return {k: row[k] for k in ("test_mse", "valid_mse", "best_epoch")}
+
+
+def plot(results: Path = RESULTS, out: Path | None = None) -> Path:
+    """One column of per-seed test MSEs for each ``seed_study*.json`` in `results`, with the
+    mean ± sample std, the run with the lowest validation MSE, and the paper's figure."""
+    import json
+
+    from matplotlib.figure import Figure
+
+    studies = [json.loads(p.read_text()) for p in sorted(results.glob("seed_study*.json"))]
+    if not studies:
+        raise FileNotFoundError(f"no seed_study*.json in {results}; run the study first")
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    labels = []
+    for i, study in enumerate(studies):
+        data = study.get("data", {"sampler": "jax", "seed": 0})
+        runs = study["runs"].values()
+        test = [r["test_mse"] for r in runs]
+        ax.scatter([i] * len(test), test, color="C0", alpha=0.6, zorder=3)
+        mean, std = study["test_mse_mean"], study["test_mse_std"] or 0.0
+        ax.errorbar(i + 0.15, mean, yerr=std, fmt="s", color="C1", capsize=4, zorder=3)
+        chosen = study.get("selected_by_validation")
+        if chosen:
+            ax.scatter(i, chosen["test_mse"], s=120, facecolors="none", edgecolors="C2", zorder=4)
+        name = "paper's data (NumPy seed 43)" if data["sampler"] == "numpy-legacy" else "our data"
+        if data["sampler"] == "numpy-legacy" and data["seed"] != 43:
+            name = f"NumPy seed {data['seed']}"
+        labels.append(f"{name}\n{len(test)} seeds, {study['epochs']} epochs")
+    ax.axhline(studies[0]["paper_test_mse"], color="gray", linestyle=":")
+    ax.scatter([], [], color="C0", label="one training seed")
+    ax.errorbar([], [], yerr=[], fmt="s", color="C1", label="mean ± std")
+    ax.scatter([], [], s=120, facecolors="none", edgecolors="C2", label="lowest validation MSE")
+    ax.plot([], [], color="gray", linestyle=":", label="paper (0.0071)")
+    ax.set_xticks(range(len(studies)), labels)
+    ax.set_xlim(-0.6, len(studies) - 0.4)
+    ax.set_ylabel("test MSE at the best validation epoch")
+    ax.set_title("Charged N-body, EGNN-vel: spread over training seeds")
+    ax.legend(fontsize=8)
+    out = out or results / "seed_study.png"
+    save_figure_atomic(fig, out)
+    return out
 
 
 def main(argv=None) -> dict:
@@ -47,7 +92,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/egnn_nbody_seed_study"))
     parser.add_argument("--data-dir", type=Path, default=RESULTS / "data", help="data cache")
     parser.add_argument("--out", type=Path, default=None, help="summary JSON")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue (or reload) runs from their checkpoints"
+    )
+    parser.add_argument("--plot", action="store_true", help="only draw seed_study.png")
     args = parser.parse_args(argv)
+    if args.plot:
+        print(f"wrote {plot()}")
+        return {}
     default_data = args.sampler == "jax" and args.seed == 0
     suffix = "" if default_data else f"_{args.sampler}_seed{args.seed}"
     out = args.out or RESULTS / f"seed_study{suffix}.json"
@@ -73,6 +125,7 @@ def main(argv=None) -> dict:
                 workdir / f"train_seed_{seed}",
                 args.data_dir,
                 progress,
+                args.resume,
             ): seed
             for seed in args.train_seeds
         }

@@ -56,12 +56,13 @@ def test_quick_run_reports_every_model(quick_run):
 
 def test_evaluate_reloads_saved_models(quick_run, tmp_path):
     workdir, metrics = quick_run
-    config = nbody_charged.quick_config()
-    data = nbody_charged.load_data(config, workdir / "data")
-    test = data["test"]
     path = tmp_path / "test.npz"
-    q = test["edge_attr"][:, 0, :, 0] * test["edge_attr"][:, 0, 0, 0][:, None]
-    np.savez(path, x0=test["x0"], v0=test["v0"], q=np.asarray(q), xT=test["target"])
+    assert (
+        nbody_charged.main(["--quick", "--workdir", str(workdir), "--export", "test", str(path)])
+        == 0
+    )
+    with np.load(path) as f:
+        assert f["x0"].shape == f["xT"].shape == (100, 5, 3) and f["q"].shape == (100, 5)
     got = nbody_charged.evaluate_file(workdir, path)
     for name, mse in got.items():
         assert mse == pytest.approx(metrics["test_mse"][name], rel=1e-4)

@@ -4,6 +4,8 @@
     python -m egnn_jax.experiments.nbody_charged --epochs 1000        # a shorter run
     python -m egnn_jax.experiments.nbody_charged --quick              # < 1 min on CPU
     python -m egnn_jax.experiments.nbody_charged --workdir DIR --evaluate FILE.npz
+    python -m egnn_jax.experiments.nbody_charged --sampler numpy-legacy --seed 43  # paper's data
+    python -m egnn_jax.experiments.nbody_charged --export test FILE.npz   # for --evaluate
 
 Protocol (as the reference code trains): 5 charged particles in 3-D; input frame 30, target
 frame 40; 3,000 training systems, 2,000 validation, 2,000 test; node feature |v|; edge
@@ -180,9 +182,9 @@ def _frames(ds, n: int) -> dict:
     )
 
 
-def load_data(config: NBodyExperimentConfig, data_dir: str | Path, progress=None) -> dict:
-    """Simulate (or read from the cache in `data_dir`) and featurise the three splits."""
-    train_ds, valid_ds, test_ds = charged_splits(
+def _datasets(config: NBodyExperimentConfig, data_dir: str | Path, progress=None):
+    """The simulated train, valid and test datasets (read from the cache when present)."""
+    return charged_splits(
         data_dir,
         n_train=config.n_simulated_train,
         n_valid=config.n_valid,
@@ -197,6 +199,11 @@ def load_data(config: NBodyExperimentConfig, data_dir: str | Path, progress=None
             else {}
         ),
     )
+
+
+def load_data(config: NBodyExperimentConfig, data_dir: str | Path, progress=None) -> dict:
+    """Simulate (or read from the cache in `data_dir`) and featurise the three splits."""
+    train_ds, valid_ds, test_ds = _datasets(config, data_dir, progress)
     return {
         "train": _frames(train_ds, config.n_train),
         "valid": _frames(valid_ds, config.n_valid),
@@ -402,6 +409,29 @@ def train_and_evaluate(
     return metrics
 
 
+def export_split(
+    config: NBodyExperimentConfig, split: str, path: str | Path, data_dir: str | Path
+) -> Path:
+    """Write `split` ("train", "valid" or "test") of `config`'s data as the `--evaluate`
+    format: ``x0, v0 [S, M, 3]`` (input frame), ``q [S, M]`` and ``xT [S, M, 3]`` (target)."""
+    names = ("train", "valid", "test")
+    if split not in names:
+        raise ValueError(f"split must be one of {names}, got {split!r}")
+    ds = dict(zip(names, _datasets(config, data_dir), strict=True))[split]
+    n = {"train": config.n_train, "valid": config.n_valid, "test": config.n_test}[split]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path) as f:
+        np.savez(
+            f,
+            x0=ds.x[:n, INPUT_FRAME],
+            v0=ds.v[:n, INPUT_FRAME],
+            q=ds.charges[:n],
+            xT=ds.x[:n, TARGET_FRAME],
+        )
+    return path
+
+
 def evaluate_file(workdir: str | Path, path: str | Path) -> dict[str, float]:
     """MSE of every saved model in `workdir` on FILE.npz with x0, v0, q, xT."""
     workdir = Path(workdir)
@@ -472,6 +502,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="FILE.npz",
         help="print JSON MSE of the saved models on FILE (x0, v0, q, xT)",
     )
+    parser.add_argument(
+        "--export",
+        nargs=2,
+        default=None,
+        metavar=("SPLIT", "FILE.npz"),
+        help="write SPLIT (train, valid, test) of the data in the --evaluate format and exit",
+    )
     args = parser.parse_args(argv)
     interrupt_on_signals()
     try:
@@ -490,6 +527,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = dataclasses.replace(
             config, **{k: v for k, v in overrides.items() if v is not None}
         )
+        if args.export is not None:
+            split, path = args.export
+            data_dir = args.workdir / "data" if args.data_dir is None else args.data_dir
+            print(f"wrote {export_split(config, split, path, data_dir)}")
+            return 0
         metrics = train_and_evaluate(
             config, args.workdir, resume=args.resume, data_dir=args.data_dir
         )
