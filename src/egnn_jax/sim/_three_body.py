@@ -17,8 +17,6 @@ import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from diffrax._local_interpolation import ThirdOrderHermitePolynomialInterpolation
-from diffrax._solution import RESULTS
 
 __all__ = [
     "ThreeBodyConfig",
@@ -120,7 +118,9 @@ class Yoshida6(diffrax.AbstractSolver):
     """
 
     term_structure: ClassVar = diffrax.AbstractTerm
-    interpolation_cls: ClassVar[Callable[..., Any]] = ThirdOrderHermitePolynomialInterpolation
+    interpolation_cls: ClassVar[Callable[..., Any]] = (
+        diffrax.ThirdOrderHermitePolynomialInterpolation
+    )
 
     def order(self, terms):
         return 6
@@ -145,7 +145,7 @@ class Yoshida6(diffrax.AbstractSolver):
         k0 = (h * y0[1], h * solver_state)
         k1 = (h * v, h * a)
         dense_info = dict(y0=y0, y1=y1, k0=k0, k1=k1)
-        return y1, None, dense_info, a, RESULTS.successful
+        return y1, None, dense_info, a, diffrax.RESULTS.successful
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
