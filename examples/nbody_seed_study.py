@@ -71,7 +71,7 @@ def plot(results: Path = RESULTS, out: Path | None = None) -> Path:
     ax.scatter([], [], color="C0", label="one training seed")
     ax.errorbar([], [], yerr=[], fmt="s", color="C1", label="mean ± std")
     ax.scatter([], [], s=120, facecolors="none", edgecolors="C2", label="lowest validation MSE")
-    ax.plot([], [], color="gray", linestyle=":", label="paper (0.0071)")
+    ax.plot([], [], color="gray", linestyle=":", label=f"paper ({studies[0]['paper_test_mse']})")
     ax.set_xticks(range(len(studies)), labels)
     ax.set_xlim(-0.6, len(studies) - 0.4)
     ax.set_ylabel("test MSE at the best validation epoch")
