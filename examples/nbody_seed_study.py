@@ -33,8 +33,13 @@ RESULTS = Path("experiments/results/nbody_charged")
 
 
 def _train_one(config, workdir: Path, data_dir: Path, progress: bool, resume: bool) -> dict:
+    command = (
+        f"python -m egnn_jax.experiments.nbody_charged --workdir {workdir} --models egnn_vel "
+        f"--epochs {config.epochs} --seed {config.seed} --sampler {config.sampler} "
+        f"--train-seed {config.train_seed}"
+    )
     metrics = nbody_charged.train_and_evaluate(
-        config, workdir, data_dir=data_dir, progress=progress, resume=resume
+        config, workdir, data_dir=data_dir, progress=progress, resume=resume, command=command
     )
     row = metrics["models"]["egnn_vel"]
     return {k: row[k] for k in ("test_mse", "valid_mse", "best_epoch")}

@@ -88,7 +88,8 @@ def test_retraining_some_models_keeps_the_other_rows(quick_run, tmp_path):
     del old["config"]["sampler"]
     (copy / "metrics.json").write_text(json.dumps(old))
     config = dataclasses.replace(nbody_charged.quick_config(), models=("radial_field",), epochs=5)
-    merged = nbody_charged.train_and_evaluate(config, copy, progress=False)
+    merged = nbody_charged.train_and_evaluate(config, copy, progress=False, command="retrain rf")
+    assert merged["models"]["radial_field"]["command"] == "retrain rf"
     assert list(merged["models"]) == ["linear", "gnn", "radial_field", "egnn_vel"]
     assert merged["config"]["models"] == list(merged["models"])
     for name in ("linear", "gnn", "egnn_vel"):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -296,6 +297,7 @@ def train_and_evaluate(
     resume: bool = False,
     progress: bool | None = None,
     data_dir: str | Path | None = None,
+    command: str | None = None,
 ) -> dict:
     """Train every model, report test MSE at the best validation epoch; write metrics.json.
 
@@ -304,6 +306,7 @@ def train_and_evaluate(
         checkpoints in ``checkpoints/``, data cache in ``data/`` unless `data_dir`).
         resume: continue interrupted runs from their latest checkpoints.
         progress: tqdm bars (None: only on a terminal).
+        command: recorded with each trained model's row (None: this process's command line).
 
     Returns:
         The metrics dict (also written to ``workdir/metrics.json``).
@@ -370,7 +373,8 @@ def train_and_evaluate(
         results[name]["paper_test_mse"] = PAPER_TEST_MSE[name]
     results = {name: results[name] for name in config.models}
 
-    command = " ".join(["python -m egnn_jax.experiments.nbody_charged", *sys.argv[1:]])
+    if command is None:  # the command line this process was started with
+        command = shlex.join(["python", *sys.orig_argv[1:]])
     for name in config.models:
         results[name]["command"] = command
     results, histories = _merge_previous(workdir / "metrics.json", config, results, histories)
