@@ -108,6 +108,20 @@ def test_cli_charged_subprocess(tmp_path):
         assert json.loads(str(f["metadata_json"]))["config"]["n_steps"] == 300
 
 
+def test_cli_charged_numpy_legacy_split(tmp_path):
+    # The valid split of a legacy stream is the continuation of its train split.
+    common = ["charged", "--seed", "43", "--n-steps", "300", "--no-progress"]
+    common += ["--sampler", "numpy-legacy", "--legacy-split-sizes", "2", "1"]
+    both, valid = tmp_path / "train3.npz", tmp_path / "valid.npz"
+    assert cli_main([*common, "--n", "3", "--out", str(both)]) == 0
+    assert cli_main([*common, "--n", "1", "--split", "valid", "--out", str(valid)]) == 0
+    with np.load(both) as a, np.load(valid) as b:
+        np.testing.assert_array_equal(a["x"][2:], b["x"])
+        meta = json.loads(str(b["metadata_json"]))
+    assert meta["config"]["sampler"] == "numpy-legacy"
+    assert meta["config"]["legacy_split_sizes"] == [2, 1]
+
+
 @pytest.mark.parametrize("system", ["three-body", "charged"])
 def test_cli_help_documents_options_and_defaults(system, capsys):
     with pytest.raises(SystemExit) as e:
