@@ -30,6 +30,7 @@ from pathlib import Path
 from egnn_jax.experiments import nbody_charged
 from egnn_jax.experiments._report import save_figure_atomic
 from egnn_jax.experiments._train import save_json_atomic
+from egnn_jax.sim._charged import SAMPLERS
 
 RESULTS = Path("experiments/results/nbody_charged")
 
@@ -94,7 +95,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--epochs", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0, help="data seed")
-    parser.add_argument("--sampler", choices=("jax", "numpy-legacy"), default="jax")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="jax")
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained at a time")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/egnn_nbody_seed_study"))
     parser.add_argument("--data-dir", type=Path, default=RESULTS / "data", help="data cache")

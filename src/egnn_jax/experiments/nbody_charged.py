@@ -193,12 +193,6 @@ def _datasets(config: NBodyExperimentConfig, data_dir: str | Path, progress=None
         seed=config.seed,
         progress=bool(progress),
         sampler=config.sampler,
-        # the legacy stream draws train, then valid, then test
-        **(
-            {"legacy_split_sizes": (config.n_simulated_train, config.n_valid)}
-            if config.sampler == "numpy-legacy"
-            else {}
-        ),
     )
 
 

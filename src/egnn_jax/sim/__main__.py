@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 chunk_size=args.chunk_size,
                 seed=args.seed,
                 sampler=args.sampler,
-                legacy_split_sizes=tuple(args.legacy_split_sizes),
+                legacy_split_sizes=args.legacy_split_sizes,
             )
             ds = simulate_charged(cfg, progress=not args.no_progress)
     except ValueError as e:

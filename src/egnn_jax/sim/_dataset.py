@@ -222,10 +222,13 @@ def charged_splits(
     """The charged benchmark's train / valid / test datasets, cached in ``cache_dir``.
 
     Each split is a :class:`ChargedConfig` with its own ``split`` field, hence an independent
-    PRNG stream of the same ``seed``.  ``config_overrides`` are passed to every ChargedConfig.
+    PRNG stream of the same ``seed`` (with ``sampler="numpy-legacy"``, the segment of the one
+    legacy stream that follows ``n_train`` train and ``n_valid`` valid trajectories).
+    ``config_overrides`` are passed to every ChargedConfig.
     """
     from ._charged import ChargedConfig
 
+    config_overrides.setdefault("legacy_split_sizes", (n_train, n_valid))
     out = []
     for split, n in (("train", n_train), ("valid", n_valid), ("test", n_test)):
         cfg = ChargedConfig(n_trajectories=n, seed=seed, split=split, **config_overrides)
