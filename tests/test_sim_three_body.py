@@ -1,5 +1,7 @@
 """Three-body simulator: conservation laws, convergence order, reproducibility, validation."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,7 +51,9 @@ def test_kepler_convergence_order_yoshida6():
         ts = jnp.linspace(0.0, period, 11)
         errors = []
         for sub in (4, 8, 16):
-            x, _ = three_body_trajectory(x0, v0, jnp.ones(2), ts, method="yoshida6", substeps=sub)
+            x, _ = three_body_trajectory(
+                x0, v0, jnp.ones(2), ts, softening=0.0, method="yoshida6", substeps=sub
+            )
             errors.append(np.max(np.abs(np.asarray(x) - _kepler(np.asarray(ts)))))
     orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
     assert np.all((orders > 5.3) & (orders < 6.8)), (errors, orders)
@@ -59,7 +63,9 @@ def test_kepler_adaptive_dopri8_matches_analytic():
     x0, v0 = _kepler_ic(e=0.9)  # strong pericentre passage: needs adaptive steps
     with jax.enable_x64(True):
         ts = jnp.linspace(0.0, 3.0, 31)
-        x, _ = three_body_trajectory(x0, v0, jnp.ones(2), ts, rtol=1e-12, atol=1e-12)
+        x, _ = three_body_trajectory(
+            x0, v0, jnp.ones(2), ts, softening=0.0, method="dopri8", rtol=1e-12, atol=1e-12
+        )
     assert np.max(np.abs(np.asarray(x) - _kepler(np.asarray(ts), e=0.9))) < 1e-8
 
 
@@ -71,7 +77,7 @@ def test_conservation_float64(dim):
             jax.random.key(7), masses, dim, 1.0, 0.0, 1.0, (0.3, 0.5)
         )
         ts = jnp.linspace(0.0, 2.0, 101)
-        x, v = three_body_trajectory(x0, v0, masses, ts)
+        x, v = three_body_trajectory(x0, v0, masses, ts, softening=0.0, method="dopri8")
         xs, vs = jnp.moveaxis(x, 0, -1), jnp.moveaxis(v, 0, -1)  # [M, dim, T]
         m = masses[:, None]
         energy = np.asarray(gravity_energy(xs, vs, m, 1.0, 0.0))
@@ -93,7 +99,7 @@ def test_dataset_shapes_frame_and_energy(small_dataset):
     assert np.max(np.abs(np.sum(ds.masses[:, None, :, None] * ds.v, axis=2))) < 1e-4
     assert np.all(ds.rel_energy_error <= 1e-5)  # nothing above tolerance kept
     assert ds.metadata["median_rel_energy_error"] < 1e-6
-    assert ds.metadata["n_rejected"] >= 0
+    assert ds.metadata["n_rejected"] == 0  # softened, bound: refinement always suffices here
     with jax.enable_x64(True):
         xs = jnp.asarray(np.moveaxis(ds.x[:, 0], 0, -1), jnp.float64)
         vs = jnp.asarray(np.moveaxis(ds.v[:, 0], 0, -1), jnp.float64)
@@ -116,6 +122,43 @@ def test_inaccurate_trajectories_refined_not_kept():
     assert ds.metadata["n_refined"] > 0
     assert np.all(ds.rel_energy_error <= cfg.energy_tol)
     assert np.all(np.isfinite(ds.x))
+
+
+def test_trajectory_defaults_reproduce_the_dataset(small_dataset):
+    """`three_body_trajectory` with its defaults integrates exactly as the dataset does."""
+    ds, cfg = small_dataset, ThreeBodyConfig(n_trajectories=64, seed=3)
+    with jax.enable_x64(True):
+        masses = jnp.asarray(ds.masses, jnp.float64)
+        # The float64 initial conditions of each trajectory's first draw (the stored arrays
+        # are rounded to float32, which a chaotic system would amplify).
+        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(cfg.seed), i))(jnp.arange(64))
+        x0, v0 = jax.vmap(
+            lambda k, m: sample_three_body_initial_conditions(
+                jax.random.fold_in(k, 0), m, 2, 1.0, 0.1, 1.0, (0.1, 0.6)
+            )
+        )(keys, masses)
+        ts = jnp.asarray(cfg.ts)
+        x, v = jax.vmap(lambda a, b, c: three_body_trajectory(a, b, c, ts))(x0, v0, masses)
+        xs, vs = (jnp.moveaxis(a, (0, 1), (-1, -2)) for a in (x, v))  # [M, dim, T, N]
+        energy = np.asarray(gravity_energy(xs, vs, masses.T[:, None], 1.0, 0.1))
+    rel_err = np.max(np.abs(energy - energy[:1]), axis=0) / np.abs(energy[0])
+    plain = rel_err <= ThreeBodyConfig().energy_tol  # the dataset refined the others
+    assert plain.sum() >= 48, plain.sum()
+    np.testing.assert_allclose(np.asarray(x)[plain], ds.x[plain], rtol=0, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(v)[plain], ds.v[plain], rtol=0, atol=2e-5)
+
+
+def test_rejected_trajectories_are_redrawn_and_counted():
+    # Refinement by a factor 1 cannot help, so every inaccurate draw is rejected and redrawn.
+    cfg = ThreeBodyConfig(n_trajectories=32, n_saved=100, energy_tol=2e-8, refine_factor=1)
+    ds = simulate_three_body(cfg)
+    assert ds.metadata["n_rejected"] > 0
+    assert np.all(ds.rel_energy_error <= cfg.energy_tol)
+    first = simulate_three_body(dataclasses.replace(cfg, energy_tol=1.0))  # nothing rejected
+    assert first.metadata["n_rejected"] == 0
+    redrawn = np.any(ds.x[:, 0] != first.x[:, 0], axis=(1, 2))
+    assert redrawn.sum() == len(np.unique(np.flatnonzero(redrawn)))  # rows replaced in place
+    assert 0 < redrawn.sum() <= ds.metadata["n_rejected"]
 
 
 @pytest.mark.slow

@@ -4,65 +4,33 @@
   (:class:`ThreeBodyConfig`, :func:`simulate_three_body`, :func:`three_body_trajectory`).
 * The EGNN paper's charged-particles benchmark (:class:`ChargedConfig`,
   :func:`simulate_charged`, :func:`charged_trajectory`, :func:`charged_splits`).
-* A cache of generated datasets (:func:`load_or_simulate`, :class:`Dataset`).
+* :class:`Yoshida6`, a sixth-order symplectic Diffrax solver for ``x'' = a(x)``.
+* The dataset container every simulator returns (:class:`Dataset`) and a cache of generated
+  datasets (:func:`load_or_simulate`).
 
 Command line: ``python -m egnn_jax.sim {three-body,charged} --help``.
 """
 
-from ._charged import (
-    ChargedConfig as ChargedConfig,
-)
-from ._charged import (
-    charged_forces as charged_forces,
-)
-from ._charged import (
-    charged_trajectory as charged_trajectory,
-)
-from ._charged import (
-    sample_charged_initial_conditions as sample_charged_initial_conditions,
-)
-from ._charged import (
-    simulate_charged as simulate_charged,
-)
-from ._dataset import (
-    CorruptDatasetError as CorruptDatasetError,
-)
-from ._dataset import (
-    Dataset as Dataset,
-)
-from ._dataset import (
-    cache_path as cache_path,
-)
-from ._dataset import (
-    charged_splits as charged_splits,
-)
-from ._dataset import (
-    load_dataset as load_dataset,
-)
-from ._dataset import (
-    load_or_simulate as load_or_simulate,
-)
-from ._dataset import (
-    save_dataset as save_dataset,
-)
-from ._three_body import (
-    ThreeBodyConfig as ThreeBodyConfig,
-)
-from ._three_body import (
-    Yoshida6 as Yoshida6,
-)
-from ._three_body import (
-    gravity_acceleration as gravity_acceleration,
-)
-from ._three_body import (
-    gravity_energy as gravity_energy,
-)
+from ._cache import cache_path as cache_path
+from ._cache import charged_split as charged_split
+from ._cache import charged_splits as charged_splits
+from ._cache import load_or_simulate as load_or_simulate
+from ._charged import SAMPLERS as SAMPLERS
+from ._charged import ChargedConfig as ChargedConfig
+from ._charged import charged_forces as charged_forces
+from ._charged import charged_trajectory as charged_trajectory
+from ._charged import sample_charged_initial_conditions as sample_charged_initial_conditions
+from ._charged import simulate_charged as simulate_charged
+from ._dataset import CorruptDatasetError as CorruptDatasetError
+from ._dataset import Dataset as Dataset
+from ._dataset import load_dataset as load_dataset
+from ._dataset import save_dataset as save_dataset
+from ._three_body import ThreeBodyConfig as ThreeBodyConfig
+from ._three_body import gravity_acceleration as gravity_acceleration
+from ._three_body import gravity_energy as gravity_energy
 from ._three_body import (
     sample_three_body_initial_conditions as sample_three_body_initial_conditions,
 )
-from ._three_body import (
-    simulate_three_body as simulate_three_body,
-)
-from ._three_body import (
-    three_body_trajectory as three_body_trajectory,
-)
+from ._three_body import simulate_three_body as simulate_three_body
+from ._three_body import three_body_trajectory as three_body_trajectory
+from ._yoshida import Yoshida6 as Yoshida6

@@ -16,6 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._dataset import Dataset, make_metadata
+from ._kernels import inverse_sqrt
+
 __all__ = [
     "SAMPLERS",
     "ChargedConfig",
@@ -47,7 +50,7 @@ def charged_forces(x, charges, interaction_strength=1.0, max_force=100.0):
     for i in range(n):
         for j in range(i + 1, n):
             d = x[i] - x[j]
-            inv_r = jax.lax.rsqrt(jnp.sum(d * d, axis=0))  # rsqrt, not pow: much cheaper
+            inv_r = inverse_sqrt(jnp.sum(d * d, axis=0))
             f = (interaction_strength * charges[i] * charges[j] * inv_r * inv_r * inv_r)[None] * d
             force[i] = force[i] + f
             force[j] = force[j] - f
@@ -292,8 +295,6 @@ def simulate_charged(cfg: ChargedConfig | None = None, *, progress: bool = False
         A :class:`~egnn_jax.sim.Dataset` with ``x, v [N, T=49, M=5, dim=3]`` (float32),
         ``t [T]``, ``charges [N, M]`` (±1) and metadata.
     """
-    from ._dataset import Dataset, make_metadata
-
     cfg = ChargedConfig() if cfg is None else cfg
     start = time.perf_counter()
     n = cfg.n_trajectories

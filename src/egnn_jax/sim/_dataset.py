@@ -1,4 +1,7 @@
-"""Dataset container and the on-disk cache (``.npz`` + JSON metadata, atomic writes)."""
+"""The dataset container shared by every simulator, its metadata and its ``.npz`` file format.
+
+This module imports no simulator: simulators build `Dataset`s, `_cache` maps configs to them.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import numpy as np
 
 from egnn_jax._atomic import atomic_open
 
-__all__ = ["Dataset", "charged_splits", "load_dataset", "load_or_simulate", "save_dataset"]
+__all__ = ["CorruptDatasetError", "Dataset", "load_dataset", "make_metadata", "save_dataset"]
 
 # Bump when the generators change in a way that alters the arrays for an unchanged config, so
 # stale caches are regenerated instead of silently reused.
@@ -154,83 +157,3 @@ def load_dataset(path: str | os.PathLike, *, verify: bool = True) -> Dataset:
         charges=arrays.get("charges"),
         metadata=meta,
     )
-
-
-def _kind_of(cfg) -> str:
-    from ._charged import ChargedConfig
-    from ._three_body import ThreeBodyConfig
-
-    if isinstance(cfg, ThreeBodyConfig):
-        return "three-body"
-    if isinstance(cfg, ChargedConfig):
-        return "charged"
-    raise TypeError(f"expected ThreeBodyConfig or ChargedConfig; got {type(cfg).__name__}")
-
-
-def cache_path(cfg, cache_dir: str | os.PathLike) -> Path:
-    kind = _kind_of(cfg)
-    return Path(cache_dir) / f"{kind}-{config_hash(kind, cfg)[:16]}.npz"
-
-
-def load_or_simulate(cfg, cache_dir: str | os.PathLike, *, progress: bool = True) -> Dataset:
-    """Return the dataset for ``cfg``, from ``cache_dir`` if a valid copy is there.
-
-    The file name is keyed by a hash of (kind, config, generator version).  A cached file is
-    reused only if it reads back, its stored config equals ``cfg`` and its arrays match the
-    stored content hash; otherwise (truncated, corrupt, stale) a message is printed to stderr and
-    the dataset is regenerated and rewritten atomically.
-
-    Arguments:
-        cfg: a ThreeBodyConfig or ChargedConfig.
-        cache_dir: folder for the ``.npz`` files (created if needed).
-        progress: progress bar while generating.
-
-    Returns:
-        The :class:`Dataset`; ``metadata["cache"]`` is ``"hit"`` or ``"generated"``.
-    """
-    from ._charged import simulate_charged
-    from ._three_body import simulate_three_body
-
-    kind = _kind_of(cfg)
-    path = cache_path(cfg, cache_dir)
-    if path.exists():
-        try:
-            ds = load_dataset(path)
-            if ds.metadata.get("config") != config_dict(cfg) or ds.metadata.get("kind") != kind:
-                raise CorruptDatasetError(f"{path}: stored config differs from the requested one")
-            ds.metadata["cache"] = "hit"
-            return ds
-        except CorruptDatasetError as e:
-            print(f"[egnn_jax.sim] {e}; regenerating {path.name}", file=sys.stderr)
-    simulate = simulate_three_body if kind == "three-body" else simulate_charged
-    ds = simulate(cfg, progress=progress)
-    save_dataset(ds, path)
-    ds.metadata["cache"] = "generated"
-    return ds
-
-
-def charged_splits(
-    cache_dir: str | os.PathLike,
-    n_train: int = 10_000,
-    n_valid: int = 2_000,
-    n_test: int = 2_000,
-    seed: int = 0,
-    *,
-    progress: bool = True,
-    **config_overrides,
-) -> tuple[Dataset, Dataset, Dataset]:
-    """The charged benchmark's train / valid / test datasets, cached in ``cache_dir``.
-
-    Each split is a :class:`ChargedConfig` with its own ``split`` field, hence an independent
-    PRNG stream of the same ``seed`` (with ``sampler="numpy-legacy"``, the segment of the one
-    legacy stream that follows ``n_train`` train and ``n_valid`` valid trajectories).
-    ``config_overrides`` are passed to every ChargedConfig.
-    """
-    from ._charged import ChargedConfig
-
-    config_overrides.setdefault("legacy_split_sizes", (n_train, n_valid))
-    out = []
-    for split, n in (("train", n_train), ("valid", n_valid), ("test", n_test)):
-        cfg = ChargedConfig(n_trajectories=n, seed=seed, split=split, **config_overrides)
-        out.append(load_or_simulate(cfg, cache_dir, progress=progress))
-    return out[0], out[1], out[2]

@@ -10,17 +10,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
-from typing import Any, ClassVar
 
 import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._dataset import Dataset, make_metadata
+from ._kernels import inverse_sqrt
+from ._yoshida import Yoshida6
+
 __all__ = [
     "ThreeBodyConfig",
-    "Yoshida6",
     "gravity_acceleration",
     "gravity_energy",
     "sample_three_body_initial_conditions",
@@ -57,7 +58,7 @@ def gravity_acceleration(x, masses, G, softening):
     # law), which is ~3x cheaper than a dense masked [M, M] kernel for three bodies.
     for i, j in _pairs(n):
         d = x[j] - x[i]
-        inv_r = jax.lax.rsqrt(jnp.sum(d * d, axis=0) + eps2)  # rsqrt, not pow: ~2x faster
+        inv_r = inverse_sqrt(jnp.sum(d * d, axis=0) + eps2)
         inv_r3 = G * inv_r * inv_r * inv_r
         acc[i] = acc[i] + (masses[j] * inv_r3)[None] * d
         acc[j] = acc[j] - (masses[i] * inv_r3)[None] * d
@@ -81,7 +82,8 @@ def gravity_energy(x, v, masses, G, softening):
     potential = 0.0
     for i, j in _pairs(n):
         d = x[j] - x[i]
-        potential = potential - G * masses[i] * masses[j] / jnp.sqrt(jnp.sum(d * d, axis=0) + eps2)
+        inv_r = inverse_sqrt(jnp.sum(d * d, axis=0) + eps2)
+        potential = potential - G * masses[i] * masses[j] * inv_r
     return kinetic + potential
 
 
@@ -95,155 +97,10 @@ def _momenta(x, v, masses):
     return p, ang
 
 
-# ----------------------------------------------------------------------------------------------
-# A symplectic Diffrax solver
-# ----------------------------------------------------------------------------------------------
-
-# Yoshida (1990) sixth-order composition, "solution A": the step is a palindrome of seven
-# leapfrog (kick-drift-kick) sub-steps with these weights.
-_W1, _W2, _W3 = -1.17767998417887, 0.235573213359357, 0.784513610477560
-_W0 = 1.0 - 2.0 * (_W1 + _W2 + _W3)
-_YOSHIDA6 = (_W3, _W2, _W1, _W0, _W1, _W2, _W3)
-
-
-class Yoshida6(diffrax.AbstractSolver):
-    """Sixth-order symplectic composition of leapfrog (Yoshida 1990) for ``x'' = a(x)``.
-
-    The state is ``(x, v)`` and the vector field of the single ``ODETerm`` must return
-    ``(v, a(x))``.  Constant step only.  Being symplectic, the energy error stays bounded (no
-    secular drift), and one force evaluation per sub-step (7 per step, the last one is reused as
-    first-same-as-last) makes it much cheaper per step than an 8th-order Runge-Kutta tableau,
-    whose stage combinations dominate the cost for a 12-number state.  Dense output is the cubic
-    Hermite interpolant built from ``(x, v, a)`` at both ends.
-    """
-
-    term_structure: ClassVar = diffrax.AbstractTerm
-    interpolation_cls: ClassVar[Callable[..., Any]] = (
-        diffrax.ThirdOrderHermitePolynomialInterpolation
-    )
-
-    def order(self, terms):
-        return 6
-
-    def init(self, terms, t0, t1, y0, args):
-        return terms.vf(t0, y0, args)[1]
-
-    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        del made_jump
-        x, v = y0
-        a = solver_state
-        h = t1 - t0
-        w = _YOSHIDA6
-        # Adjacent half-kicks of consecutive leapfrog sub-steps are merged: 7 force evaluations.
-        v = v + (0.5 * w[0] * h) * a
-        for k in range(len(w)):
-            x = x + (w[k] * h) * v
-            a = terms.vf(t0, (x, v), args)[1]
-            kick = 0.5 * (w[k] + w[k + 1]) if k + 1 < len(w) else 0.5 * w[k]
-            v = v + (kick * h) * a
-        y1 = (x, v)
-        k0 = (h * y0[1], h * solver_state)
-        k1 = (h * v, h * a)
-        dense_info = dict(y0=y0, y1=y1, k0=k0, k1=k1)
-        return y1, None, dense_info, a, diffrax.RESULTS.successful
-
-    def func(self, terms, t0, y0, args):
-        return terms.vf(t0, y0, args)
-
-
 def _vector_field(t, y, args):
     x, v = y
     masses, G, softening = args
     return v, gravity_acceleration(x, masses, G, softening)
-
-
-# ----------------------------------------------------------------------------------------------
-# Differentiable single-trajectory core
-# ----------------------------------------------------------------------------------------------
-
-
-@jax.jit(static_argnames=("method", "max_steps", "substeps"))
-def three_body_trajectory(
-    x0,
-    v0,
-    masses,
-    ts,
-    G=1.0,
-    softening=0.0,
-    *,
-    method: str = "dopri8",
-    rtol: float = 1e-10,
-    atol: float = 1e-10,
-    max_steps: int = 100_000,
-    substeps: int = 8,
-):
-    """Integrate one gravitational N-body system; pure, ``jit``/``grad``/``vmap``-able.
-
-    Computation happens in the dtype of the inputs: call it inside ``with
-    jax.enable_x64(True):`` with float64 arrays for float64 accuracy.
-
-    Arguments:
-        x0: initial positions ``[M, dim]``.
-        v0: initial velocities ``[M, dim]``.
-        masses: ``[M]``.
-        ts: save times ``[T]``, increasing; ``ts[0]`` is the initial time.
-        G: gravitational constant.
-        softening: Plummer softening length ε (0 = exact Newtonian gravity).
-        method: ``"dopri8"`` (adaptive Dormand–Prince 8(7) with a PID controller, ``rtol`` /
-            ``atol``, at most ``max_steps`` steps) or ``"yoshida6"`` (fixed-step symplectic,
-            ``substeps`` steps per interval of ``ts``, which must then be uniformly spaced).
-        rtol, atol: tolerances of the adaptive controller.
-        max_steps: step budget of the adaptive solver (Diffrax raises if exceeded).
-        substeps: steps per save interval for ``"yoshida6"``.
-
-    Returns:
-        ``(x, v)``, each ``[T, M, dim]``.
-    """
-    x0 = jnp.asarray(x0)
-    v0 = jnp.asarray(v0, x0.dtype)
-    masses = jnp.asarray(masses, x0.dtype)
-    ts = jnp.asarray(ts, x0.dtype)
-    if x0.ndim != 2 or x0.shape[1] not in (2, 3) or v0.shape != x0.shape:
-        raise ValueError(
-            f"x0, v0 must both be [M, dim] with dim in (2, 3); got {x0.shape}, {v0.shape}"
-        )
-    if masses.shape != x0.shape[:1]:
-        raise ValueError(f"masses must be [M]={x0.shape[:1]}; got {masses.shape}")
-    if ts.ndim != 1 or ts.shape[0] < 2:
-        raise ValueError(f"ts must be 1-D with at least 2 times; got {ts.shape}")
-    args = (masses, jnp.asarray(G, x0.dtype), jnp.asarray(softening, x0.dtype))
-    y0 = (x0, v0)
-    term = diffrax.ODETerm(_vector_field)
-    if method == "dopri8":
-        sol = diffrax.diffeqsolve(
-            term,
-            diffrax.Dopri8(),
-            ts[0],
-            ts[-1],
-            (ts[1] - ts[0]) / 4,
-            y0,
-            args=args,
-            saveat=diffrax.SaveAt(ts=ts),
-            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-            max_steps=max_steps,
-        )
-    elif method == "yoshida6":
-        n_int = ts.shape[0] - 1
-        sol = diffrax.diffeqsolve(
-            term,
-            Yoshida6(),
-            ts[0],
-            ts[-1],
-            (ts[-1] - ts[0]) / (n_int * substeps),
-            y0,
-            args=args,
-            saveat=diffrax.SaveAt(ts=ts),
-            stepsize_controller=diffrax.ConstantStepSize(),
-            max_steps=n_int * substeps + 8,
-        )
-    else:
-        raise ValueError(f"method must be 'dopri8' or 'yoshida6'; got {method!r}")
-    return sol.ys
 
 
 # ----------------------------------------------------------------------------------------------
@@ -329,6 +186,100 @@ class ThreeBodyConfig:
     @property
     def ts(self) -> np.ndarray:
         return np.linspace(0.0, self.t_end, self.n_saved)
+
+
+# ----------------------------------------------------------------------------------------------
+# Differentiable single-trajectory core
+# ----------------------------------------------------------------------------------------------
+
+
+@jax.jit(static_argnames=("method", "max_steps", "substeps"))
+def three_body_trajectory(
+    x0,
+    v0,
+    masses,
+    ts,
+    G=ThreeBodyConfig.G,
+    softening=ThreeBodyConfig.softening,
+    *,
+    method: str = "yoshida6",
+    rtol: float = 1e-10,
+    atol: float = 1e-10,
+    max_steps: int = 100_000,
+    substeps: int = ThreeBodyConfig.substeps,
+):
+    """Integrate one gravitational N-body system; pure, ``jit``/``grad``/``vmap``-able.
+
+    Computation happens in the dtype of the inputs: call it inside ``with
+    jax.enable_x64(True):`` with float64 arrays for float64 accuracy.
+
+    The defaults are the dataset's (:class:`ThreeBodyConfig`: G = 1, Plummer softening 0.1,
+    the fixed-step Yoshida-6 solver with one step per saved interval), so with float64 inputs
+    and ``ts = cfg.ts`` it reproduces a dataset trajectory that needed no refinement.
+
+    Arguments:
+        x0: initial positions ``[M, dim]``.
+        v0: initial velocities ``[M, dim]``.
+        masses: ``[M]``.
+        ts: save times ``[T]``, increasing; ``ts[0]`` is the initial time.
+        G: gravitational constant.
+        softening: Plummer softening length ε (0 = exact Newtonian gravity).
+        method: ``"yoshida6"`` (fixed-step symplectic, ``substeps`` steps per interval of
+            ``ts``, which must then be uniformly spaced) or ``"dopri8"`` (adaptive
+            Dormand–Prince 8(7) with a PID controller, ``rtol`` / ``atol``, at most
+            ``max_steps`` steps).
+        rtol, atol: tolerances of the adaptive controller.
+        max_steps: step budget of the adaptive solver (Diffrax raises if exceeded).
+        substeps: steps per save interval for ``"yoshida6"``.
+
+    Returns:
+        ``(x, v)``, each ``[T, M, dim]``.
+    """
+    x0 = jnp.asarray(x0)
+    v0 = jnp.asarray(v0, x0.dtype)
+    masses = jnp.asarray(masses, x0.dtype)
+    ts = jnp.asarray(ts, x0.dtype)
+    if x0.ndim != 2 or x0.shape[1] not in (2, 3) or v0.shape != x0.shape:
+        raise ValueError(
+            f"x0, v0 must both be [M, dim] with dim in (2, 3); got {x0.shape}, {v0.shape}"
+        )
+    if masses.shape != x0.shape[:1]:
+        raise ValueError(f"masses must be [M]={x0.shape[:1]}; got {masses.shape}")
+    if ts.ndim != 1 or ts.shape[0] < 2:
+        raise ValueError(f"ts must be 1-D with at least 2 times; got {ts.shape}")
+    args = (masses, jnp.asarray(G, x0.dtype), jnp.asarray(softening, x0.dtype))
+    y0 = (x0, v0)
+    term = diffrax.ODETerm(_vector_field)
+    if method == "dopri8":
+        sol = diffrax.diffeqsolve(
+            term,
+            diffrax.Dopri8(),
+            ts[0],
+            ts[-1],
+            (ts[1] - ts[0]) / 4,
+            y0,
+            args=args,
+            saveat=diffrax.SaveAt(ts=ts),
+            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+            max_steps=max_steps,
+        )
+    elif method == "yoshida6":
+        n_int = ts.shape[0] - 1
+        sol = diffrax.diffeqsolve(
+            term,
+            Yoshida6(),
+            ts[0],
+            ts[-1],
+            (ts[-1] - ts[0]) / (n_int * substeps),
+            y0,
+            args=args,
+            saveat=diffrax.SaveAt(ts=ts),
+            stepsize_controller=diffrax.ConstantStepSize(),
+            max_steps=n_int * substeps + 8,
+        )
+    else:
+        raise ValueError(f"method must be 'dopri8' or 'yoshida6'; got {method!r}")
+    return sol.ys
 
 
 def sample_three_body_initial_conditions(key, masses, dim, G, softening, position_std, q_range):
@@ -502,8 +453,6 @@ def simulate_three_body(cfg: ThreeBodyConfig | None = None, *, progress: bool = 
         float64), ``t [T]``, ``masses [N, M]`` and metadata (``n_rejected``, ``n_refined``,
         ``median_rel_energy_error``, ``max_rel_energy_error``, ``wall_seconds``, ...).
     """
-    from ._dataset import Dataset, make_metadata
-
     cfg = ThreeBodyConfig() if cfg is None else cfg
     start = time.perf_counter()
     stats = {"n_rejected": 0, "n_refined": 0}
