@@ -56,9 +56,14 @@ def oracle(params, cfg, h, x, v=None, edge_attr=None, mask=None):
                 w = _dense(q["coord_out"], _silu(_dense(q["coord_hidden"], m)))
                 if cfg.tanh:
                     w = np.tanh(w) * cfg.coords_range
-                if cfg.normalize:
+                if cfg.normalize_form == "clean":
                     d = d / (np.sqrt(d @ d) + 1e-8)
-                shift += d * w
+                elif cfg.normalize_form == "nbody":
+                    d = d / (np.sqrt(d @ d) + 1.0)
+                trans = d * w
+                if cfg.coords_clamp is not None:
+                    trans = np.clip(trans, -cfg.coords_clamp, cfg.coords_clamp)
+                shift += trans
                 if cfg.edge_inference:
                     m = m * _sigmoid(_dense(q["edge_inference"], m))
                 msum += m
@@ -93,6 +98,10 @@ CONFIGS = {
         out_features=3,
     ),
     "no_residual": egnn_jax.EGNNConfig(hidden_features=16, num_layers=2, residual=False),
+    # The reference N-body layer's normalisation, with a clamp that is active (see below).
+    "nbody_clamped": egnn_jax.EGNNConfig(
+        hidden_features=16, num_layers=2, velocity=True, normalize="nbody", coords_clamp=0.05
+    ),
 }
 
 

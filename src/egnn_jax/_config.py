@@ -20,14 +20,27 @@ class EGNNConfig:
             features (width `hidden_features`).
         coords_agg: `"mean"` gives the coordinate update the constant C = 1/(number of
             neighbours of i), i.e. 1/(M-1) on a complete graph; `"sum"` gives C = 1.
-        edge_inference: eq. 8, weight each message in the node aggregation by
-            e_ij = sigmoid(phi_inf(m_ij)).
-        attention: the reference code's gate: m_ij <- m_ij * sigmoid(phi_att(m_ij)) before
-            both the coordinate and the node update.
-        tanh: bound phi_x with tanh, scaled by `coords_range` (reference option).
+        edge_inference: eq. 8 of the paper: weight each message in the *node* aggregation by
+            e_ij = sigmoid(phi_inf(m_ij)); the coordinate update uses the ungated m_ij.
+        attention: the reference code's gate (`E_GCL(attention=True)`): m_ij <- m_ij *
+            sigmoid(phi_att(m_ij)) right after phi_e, so it gates the message seen by *both*
+            phi_x (coordinates) and the node aggregation. With both options on, the node
+            aggregation sees m_ij gated twice, sigmoid(phi_att) * e_ij (phi_inf reads the
+            attention-gated message), and the coordinate update once.
+        tanh: bound phi_x with tanh, scaled by `coords_range` (reference option; the
+            reference code multiplies by no range, i.e. `coords_range=1`).
         coords_range: scale of the tanh-bounded phi_x.
-        normalize: use unit coordinate differences (x_i - x_j)/(|x_i - x_j| + eps) in the
-            coordinate update (reference option); the squared distance fed to phi_e is unchanged.
+        normalize: the coordinate update uses rescaled differences instead of x_i - x_j; the
+            squared distance fed to phi_e is unchanged. `False`: none. `True` or `"clean"`:
+            (x_i - x_j) / (stop_gradient(|x_i - x_j|) + 1e-8), the reference's
+            `egnn_clean.E_GCL(normalize=True)` (unit vectors; the norm is detached).
+            `"nbody"`: (x_i - x_j) / (|x_i - x_j| + 1), the reference N-body code's
+            `E_GCL(norm_diff=True)` (bounded by 1, not unit; gradients flow through the norm).
+        coords_clamp: clamp every per-edge coordinate update (x_i - x_j) phi_x(m_ij) to
+            [-coords_clamp, coords_clamp] before aggregation, as the reference N-body
+            `E_GCL.coord_model` always does with 100 (there a guard against blow-ups, never
+            active in normal training). It clips each component, so while it is active the
+            update is not rotation-equivariant. `None`: no clamp.
         residual: h_i <- h_i + phi_h(h_i, m_i) (paper); `False` gives h_i <- phi_h(h_i, m_i).
         coords_weight_gain: Xavier-uniform gain of phi_x's last layer (reference: 0.001) so
             that training starts with nearly unchanged coordinates.
@@ -42,7 +55,8 @@ class EGNNConfig:
     attention: bool = False
     tanh: bool = False
     coords_range: float = 1.0
-    normalize: bool = False
+    normalize: bool | Literal["clean", "nbody"] = False
+    coords_clamp: float | None = None
     residual: bool = True
     coords_weight_gain: float = 0.001
 
@@ -55,3 +69,16 @@ class EGNNConfig:
             raise ValueError(f"out_features must be None or >= 1, got {self.out_features}")
         if self.coords_agg not in ("mean", "sum"):
             raise ValueError(f"coords_agg must be 'mean' or 'sum', got {self.coords_agg!r}")
+        if self.normalize not in (False, True, "clean", "nbody"):
+            raise ValueError(
+                f"normalize must be False, True, 'clean' or 'nbody', got {self.normalize!r}"
+            )
+        if self.coords_clamp is not None and not self.coords_clamp > 0:
+            raise ValueError(f"coords_clamp must be None or > 0, got {self.coords_clamp}")
+
+    @property
+    def normalize_form(self) -> Literal["none", "clean", "nbody"]:
+        """`normalize` as one name: "none", "clean" (also for True) or "nbody"."""
+        if self.normalize is False:
+            return "none"
+        return "clean" if self.normalize is True else self.normalize

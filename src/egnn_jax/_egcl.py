@@ -154,10 +154,17 @@ class EGCL(nn.Module):
         w = w @ k_coord
         if cfg.tanh:
             w = jnp.tanh(w) * cfg.coords_range
-        if cfg.normalize:
-            # Unit directions; eps keeps coincident nodes at a zero update instead of 0/0.
-            diff = diff / (_safe_norm(d2)[..., None] + 1e-8)
-        shift = graph.aggregate(diff * w)
+        form = cfg.normalize_form
+        if form == "clean":
+            # Unit directions with the norm detached (reference egnn_clean); eps keeps
+            # coincident nodes at a zero update instead of 0/0.
+            diff = diff / (jax.lax.stop_gradient(_safe_norm(d2))[..., None] + 1e-8)
+        elif form == "nbody":
+            diff = diff / (_safe_norm(d2)[..., None] + 1.0)
+        trans = diff * w
+        if cfg.coords_clamp is not None:
+            trans = jnp.clip(trans, -cfg.coords_clamp, cfg.coords_clamp)
+        shift = graph.aggregate(trans)
         if cfg.coords_agg == "mean":
             shift = shift * graph.inv_degree(x.dtype)[:, None]
 
