@@ -24,16 +24,16 @@ test: $(STAMP) ## Fast test suite (CPU, a few minutes)
 test-slow: $(STAMP) ## Slow tests only (full-size checks)
 	$(PY) -m pytest -m slow -q
 
-train: $(STAMP) ## The seed experiment: simulate three-body data, train and compare four models
-	$(PY) -m egnn_jax.experiments.three_body
+train: $(STAMP) ## The seed experiment: simulate three-body data, train and compare four models (replaces experiments/results/three_body)
+	$(PY) -m egnn_jax.experiments.three_body --overwrite
 
 bench: $(STAMP) ## Benchmarks; JSON lands in benchmarks/results/
 	$(PY) benchmarks/bench_train_step.py
 	$(PY) benchmarks/bench_sim.py
 
 lint: $(STAMP) ## ruff check + format check
-	$(PY) -m ruff check src tests benchmarks examples
-	$(PY) -m ruff format --check src tests benchmarks examples
+	$(PY) -m ruff check src tests benchmarks examples scripts
+	$(PY) -m ruff format --check src tests benchmarks examples scripts
 
 clean: ## Remove caches (keeps .venv and results)
 	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import jax
 
-from egnn_jax._atomic import atomic_open
+from egnn_jax.experiments import save_json_atomic
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -62,7 +61,4 @@ def machine() -> dict:
 
 def write_json(name: str, payload: dict) -> Path:
     """Atomically write `benchmarks/results/<name>.json`."""
-    path = RESULTS / f"{name}.json"
-    with atomic_open(path, "w") as f:
-        json.dump(payload, f, indent=2)
-    return path
+    return save_json_atomic(RESULTS / f"{name}.json", payload)

@@ -17,8 +17,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from egnn_jax.experiments import nbody_charged
-from egnn_jax.experiments._train import save_json_atomic
+from egnn_jax.experiments import nbody_charged, save_json_atomic
 
 RESULTS = Path("experiments/results/nbody_charged")
 TEST_SETS = {"ours": ("jax", 0), "paper": ("numpy-legacy", 43)}

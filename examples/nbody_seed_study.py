@@ -27,10 +27,8 @@ import multiprocessing
 import statistics
 from pathlib import Path
 
-from egnn_jax.experiments import nbody_charged
-from egnn_jax.experiments._report import save_figure_atomic
-from egnn_jax.experiments._train import save_json_atomic
-from egnn_jax.sim._charged import SAMPLERS
+from egnn_jax.experiments import nbody_charged, save_figure_atomic, save_json_atomic
+from egnn_jax.sim import SAMPLERS
 
 RESULTS = Path("experiments/results/nbody_charged")
 
@@ -121,7 +119,7 @@ def main(argv=None) -> dict:
         sampler=args.sampler,
     )
     # Simulate (or load) the data once, before any worker needs it.
-    nbody_charged.load_data(base, args.data_dir, progress=True)
+    nbody_charged.EXPERIMENT.load_data(base, args.data_dir, progress=True)
     runs = {}
     progress = args.jobs == 1
     context = multiprocessing.get_context("spawn")  # JAX's threads do not survive fork

@@ -1,4 +1,4 @@
-"""Tests of the generic training loop (egnn_jax.experiments._train) on a toy linear model."""
+"""Tests of the training loop (egnn_jax.experiments._loop / _step) on a toy linear model."""
 
 from __future__ import annotations
 
@@ -8,18 +8,32 @@ import numpy as np
 import optax
 import pytest
 
-from egnn_jax.experiments import _train
-from egnn_jax.experiments._train import (
-    TrainingDiverged,
-    checkpoint_dir,
+from egnn_jax._atomic import save_json_atomic
+from egnn_jax.experiments import _loop, _step
+from egnn_jax.experiments._checkpoint import (
+    FingerprintMismatchError,
+    RunExistsError,
+    best_dir,
+    latest_dir,
+    load_params,
+)
+from egnn_jax.experiments._concurrency import interrupt_on_signals, train_concurrently
+from egnn_jax.experiments._loop import TrainingDiverged, train
+from egnn_jax.experiments._step import (
     init_train_state,
-    load_best_params,
     make_optimizer,
     make_train_chunk,
-    save_json_atomic,
-    train,
-    train_concurrently,
+    step_key,
 )
+
+
+def load_best_params(workdir, name, like):
+    return load_params(best_dir(workdir, name), like)[0]
+
+
+def checkpoint_dir(workdir, name):
+    return latest_dir(workdir, name).parent
+
 
 D = 3
 N_TRAIN = 96
@@ -42,7 +56,7 @@ def init_params():
     return {"w": jnp.zeros((D,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
 
 
-def loss_fn(params, batch):
+def loss_fn(params, batch, key):
     pred = batch["x"] @ params["w"] + params["b"]
     return jnp.mean((pred - batch["y"]) ** 2)
 
@@ -122,7 +136,7 @@ def test_batches_follow_fold_in_epoch_permutations():
     opt = optax.sgd(1.0)
     # chunks of 2 steps: most chunks start in the middle of an epoch
     chunk = make_train_chunk(
-        lambda p, b: -jnp.sum(p["c"][b["i"]]), opt, batch_size=bs, n_train=n, chunk_len=2
+        lambda p, b, k: -jnp.sum(p["c"][b["i"]]), opt, batch_size=bs, n_train=n, chunk_len=2
     )
     state = init_train_state({"c": jnp.zeros(n)}, opt, key)
     data = {"i": jnp.arange(n)}
@@ -145,7 +159,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     full = run(workdir=tmp_path / "full", checkpoint_every=20)
     half = run(workdir=tmp_path / "split", num_steps=30, checkpoint_every=20)
     assert half.num_steps == 30
-    _train._JIT_CACHE.clear()  # the resumed run compiles afresh, as in a new process
+    _step._JIT_CACHE.clear()  # the resumed run compiles afresh, as in a new process
     resumed = run(workdir=tmp_path / "split", resume=True, checkpoint_every=20)
     assert resumed.resumed and resumed.num_steps == 30
     assert_trees_equal(full.final_state, resumed.final_state)
@@ -173,11 +187,11 @@ def test_keyboard_interrupt_saves_state_and_resume_is_exact(tmp_path, monkeypatc
             raise KeyboardInterrupt
         return real_get(x)
 
-    monkeypatch.setattr(_train.jax, "device_get", flaky_get)
+    monkeypatch.setattr(_loop.jax, "device_get", flaky_get)
     # checkpoint_every=40: step 20 is only on disk thanks to the interrupt handler.
     with pytest.raises(KeyboardInterrupt):
         run(num_steps=40, workdir=tmp_path, checkpoint_every=40)
-    monkeypatch.setattr(_train.jax, "device_get", real_get)
+    monkeypatch.setattr(_loop.jax, "device_get", real_get)
     assert sorted(p.name for p in (checkpoint_dir(tmp_path, "toy") / "latest").iterdir()) == ["20"]
     resumed = run(num_steps=40, workdir=tmp_path, checkpoint_every=40, resume=True)
     assert resumed.resumed and resumed.num_steps == 20
@@ -216,6 +230,7 @@ def test_nan_raises_and_keeps_last_good_checkpoint(tmp_path, allow_nans):
     assert err.checkpoint_step == 20  # flushed on divergence (not a checkpoint_every multiple)
     root = checkpoint_dir(tmp_path, "toy")
     assert [p.name for p in (root / "latest").iterdir()] == ["20"]
+    assert sorted(p.name for p in best_dir(tmp_path, "toy").iterdir()) == ["20"]
     best = load_best_params(tmp_path, "toy", init_params())
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(best))
     # The saved best equals the best of an identical run stopped before the NaN.
@@ -240,9 +255,9 @@ def test_best_checkpoint_is_lowest_val_loss(tmp_path):
 def test_no_recompilation_across_chunks():
     traces = {"loss": 0, "eval": 0}
 
-    def counting_loss(params, batch):
+    def counting_loss(params, batch, key):
         traces["loss"] += 1
-        return loss_fn(params, batch)
+        return loss_fn(params, batch, key)
 
     def counting_eval(params, data):
         traces["eval"] += 1
@@ -282,10 +297,12 @@ def test_save_json_atomic(tmp_path):
         ({"checkpoint_every": 15}, "checkpoint_every"),
         ({"train_data": {"x": TRAIN["x"], "y": TRAIN["y"][:-1]}}, "mismatched leading"),
         ({"train_data": {}}, "no array leaves"),
-        ({"resume": True}, "requires a workdir"),
-        ({"eval_fn": lambda p, d: {"loss": loss_fn(p, d)}}, "val_loss"),
+        ({"resume": True}, "require a workdir"),
+        ({"eval_fn": lambda p, d: {"loss": loss_fn(p, d, None)}}, "val_loss"),
         ({"eval_fn": lambda p, d: {"val_loss": jnp.zeros(2)}}, "scalars"),
-        ({"loss_fn": lambda p, b: (b["x"] @ p["w"]) ** 2}, "scalar"),
+        ({"loss_fn": lambda p, b, k: (b["x"] @ p["w"]) ** 2}, "scalar"),
+        ({"patience": 0}, "patience"),
+        ({"overwrite": True}, "require a workdir"),
         ({"key": 0}, "PRNG key"),
         ({"name": "a/b"}, "name"),
         ({"eval_batch_size": N_VAL + 1}, "eval_batch_size"),
@@ -296,10 +313,85 @@ def test_bad_arguments(overrides, match):
         run(**overrides)
 
 
-def test_resume_with_different_batch_size_is_rejected(tmp_path):
+def test_resume_with_different_settings_is_rejected(tmp_path):
     run(workdir=tmp_path, num_steps=10)
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(FingerprintMismatchError, match=r"loop\.batch_size: 16 there, 8 now"):
         run(workdir=tmp_path, num_steps=20, batch_size=8, resume=True)
+    # Another seed was a warning once; now the shuffling key is part of the fingerprint.
+    with pytest.raises(FingerprintMismatchError, match=r"loop\.key"):
+        run(workdir=tmp_path, num_steps=20, key=jax.random.key(5), resume=True)
+    fp = {"data": {"train": "abc"}}
+    run(workdir=tmp_path / "fp", num_steps=10, fingerprint=fp)
+    with pytest.raises(FingerprintMismatchError, match=r"data\.train: 'abc' there, 'xyz' now"):
+        run(
+            workdir=tmp_path / "fp",
+            num_steps=20,
+            fingerprint={"data": {"train": "xyz"}},
+            resume=True,
+        )
+    run(workdir=tmp_path / "fp", num_steps=20, fingerprint=fp, resume=True)  # same: fine
+
+
+def test_existing_run_needs_resume_or_overwrite(tmp_path):
+    first = run(workdir=tmp_path, num_steps=20)
+    with pytest.raises(RunExistsError, match="resume it or overwrite it"):
+        run(workdir=tmp_path, num_steps=20)
+    assert (latest_dir(tmp_path, "toy") / "20").is_dir()  # nothing was deleted
+    again = run(workdir=tmp_path, num_steps=20, overwrite=True)
+    assert again.num_steps == 20 and not again.resumed
+    assert_trees_equal(again.params, first.params)
+
+
+def test_resuming_to_fewer_steps_is_an_error(tmp_path):
+    run(workdir=tmp_path, num_steps=40)
+    with pytest.raises(ValueError, match="already done 40 steps"):
+        run(workdir=tmp_path, num_steps=20, resume=True)
+
+
+def test_best_parameters_without_resumable_state_cannot_be_resumed(tmp_path):
+    run(workdir=tmp_path, num_steps=20)
+    import shutil
+
+    shutil.rmtree(checkpoint_dir(tmp_path, "toy"))  # as in a clone: only best/ is committed
+    with pytest.raises(RunExistsError, match="no resumable state"):
+        run(workdir=tmp_path, num_steps=40, resume=True)
+
+
+def test_early_stopping_and_its_resume(tmp_path):
+    # The validation targets come from w / 2, so val_loss has an interior minimum.
+    val = _data(1, N_VAL, w=W_TRUE / 2)
+    full = run(val_data=val, num_steps=200)
+    vals = [h["val_loss"] for h in full.history]
+    best = int(np.argmin(vals))
+    res = run(val_data=val, num_steps=200, patience=3, workdir=tmp_path)
+    assert res.stopped_early and res.steps_done == full.history[best + 3]["step"] < 200
+    assert res.best_step == full.best_step
+    assert strip_wall(res.history) == strip_wall(full.history[: best + 4])
+    again = run(val_data=val, num_steps=200, patience=3, workdir=tmp_path, resume=True)
+    assert again.num_steps == 0 and again.stopped_early and again.best_step == res.best_step
+
+
+def test_loss_keys_are_a_pure_function_of_key_and_step(tmp_path):
+    def noisy_loss(params, batch, key):  # noise injection: the gradient depends on the key
+        noise = 0.1 * jax.random.normal(key, (1, D))
+        pred = (batch["x"] + noise) @ params["w"] + params["b"]
+        return jnp.mean((pred - batch["y"]) ** 2)
+
+    a = run(loss_fn=noisy_loss, num_steps=40)
+    b = run(loss_fn=noisy_loss, num_steps=40)
+    assert_trees_equal(a.final_state, b.final_state)
+    clean = run(num_steps=40)
+    assert not np.array_equal(np.asarray(a.final_state.params["w"]), clean.final_state.params["w"])
+    run(loss_fn=noisy_loss, num_steps=20, workdir=tmp_path)
+    resumed = run(loss_fn=noisy_loss, num_steps=40, workdir=tmp_path, resume=True)
+    assert_trees_equal(a.final_state, resumed.final_state)
+    # The losses' keys never coincide with the epochs' shuffling keys.
+    k = jax.random.key(0)
+    keys = {tuple(np.asarray(jax.random.key_data(step_key(k, s)))) for s in range(200)}
+    shuffles = {
+        tuple(np.asarray(jax.random.key_data(jax.random.fold_in(k, e)))) for e in range(200)
+    }
+    assert len(keys) == 200 and not keys & shuffles
 
 
 def test_divergence_in_first_chunk_then_resume(tmp_path, allow_nans):
@@ -359,11 +451,11 @@ def test_stop_event_saves_state_then_resume_is_exact(tmp_path):
     assert strip_wall(full.history) == strip_wall(resumed.history)
 
 
-@pytest.mark.parametrize("queue_next_chunk", [True, False])
-def test_queueing_the_next_chunk_does_not_change_results(queue_next_chunk):
-    ref = run(num_steps=40)
-    res = run(num_steps=40, queue_next_chunk=queue_next_chunk)
-    assert_trees_equal(ref.final_state, res.final_state)
+def test_queueing_the_next_chunk_does_not_change_results():
+    queued = run(num_steps=40, queue_next_chunk=True)
+    in_turn = run(num_steps=40, queue_next_chunk=False)
+    assert_trees_equal(queued.final_state, in_turn.final_state)
+    assert strip_wall(queued.history) == strip_wall(in_turn.history)
 
 
 def test_sigterm_acts_as_keyboard_interrupt():
@@ -373,7 +465,7 @@ def test_sigterm_acts_as_keyboard_interrupt():
 
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        _train.interrupt_on_signals()
+        interrupt_on_signals()
         with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # the handler raises before this returns

@@ -1,4 +1,4 @@
-"""Reporting shared by the experiments: machine and versions, loss-curve plots, atomic PNGs."""
+"""Reporting shared by the experiments: machine and versions, loss curves, tables, PNGs."""
 
 from __future__ import annotations
 
@@ -9,15 +9,19 @@ from pathlib import Path
 
 import jax
 
-from egnn_jax._atomic import atomic_open
+from egnn_jax._atomic import atomic_open, save_json_atomic
 
-LABELS = {
-    "linear": "Linear",
-    "gnn": "GNN",
-    "radial_field": "Radial Field",
-    "egnn": "EGNN",
-    "egnn_vel": "EGNN-vel",
-}
+from ._models import label
+
+__all__ = [
+    "device",
+    "markdown_table",
+    "plot_loss_curves",
+    "save_figure_atomic",
+    "save_json_atomic",
+    "steps_per_second",
+    "versions",
+]
 
 
 def steps_per_second(history: list[dict]) -> float | None:
@@ -28,36 +32,47 @@ def steps_per_second(history: list[dict]) -> float | None:
     return (history[-1]["step"] - history[0]["step"]) / dt if dt > 0 else None
 
 
-def save_figure_atomic(fig, path: Path) -> None:
+def save_figure_atomic(fig, path: str | os.PathLike) -> Path:
+    """Write a Matplotlib figure as PNG through `atomic_open`; returns the path."""
+    path = Path(path)
     with atomic_open(path) as f:
         fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+    return path
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def plot_loss_curves(
-    path: Path, histories: dict, val_mse: dict, *, title: str, x_label: str = "iteration"
+    path: Path, histories: dict, val_mse: dict, *, title: str, x_key: str = "step"
 ) -> None:
-    """Train (solid) and validation (dashed) MSE per model, log scale; fitted models as lines."""
+    """Train (solid) and validation (dashed) MSE per model, log scale; fitted models as lines.
+
+    `x_key` picks the x axis from the history entries (``"step"`` or ``"epoch"``).
+    """
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    colors = {}
     for name, hist in histories.items():
-        steps = [h["step"] for h in hist]
-        (line,) = ax.plot(steps, [h["train_loss"] for h in hist], label=f"{LABELS[name]} train")
-        colors[name] = line.get_color()
+        xs = [h.get(x_key, h["step"]) for h in hist]
+        (line,) = ax.plot(xs, [h["train_loss"] for h in hist], label=f"{label(name)} train")
         ax.plot(
-            steps,
+            xs,
             [h["val_loss"] for h in hist],
             "--",
             color=line.get_color(),
-            label=f"{LABELS[name]} val",
+            label=f"{label(name)} val",
         )
     for name, value in val_mse.items():
         if name not in histories:
-            ax.axhline(value, color="gray", linestyle=":", label=f"{LABELS[name]} val")
+            ax.axhline(value, color="gray", linestyle=":", label=f"{label(name)} val")
     ax.set_yscale("log")
-    ax.set_xlabel(x_label)
+    ax.set_xlabel(x_key)
     ax.set_ylabel("MSE")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
