@@ -26,7 +26,7 @@ import jax
 
 from egnn_jax.experiments import best_dir, nbody_charged, save_params
 from egnn_jax.experiments._checkpoint import CheckpointMismatchError, check_manifest, manifest
-from egnn_jax.experiments._framework import model_fingerprint, shared_fingerprint
+from egnn_jax.experiments._experiment import model_fingerprint, shared_fingerprint
 from egnn_jax.experiments._models import label
 
 TOLERANCE = 1e-6

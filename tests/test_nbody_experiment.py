@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from egnn_jax.experiments import FingerprintMismatchError, RunExistsError, nbody_charged
+from egnn_jax.experiments._experiment import batch_hash
 from egnn_jax.testing import random_orthogonal
 
 
@@ -216,7 +217,7 @@ def test_committed_models_reproduce_the_committed_table(workdir, sampler, seed, 
         timeout=600,
     )
     with np.load(path) as f:
-        got = nbody_charged._framework.batch_hash(
+        got = batch_hash(
             nbody_charged.featurise(f["x0"], f["v0"], f["q"], f["xT"]),
             nbody_charged.EXPERIMENT.data_keys,
         )

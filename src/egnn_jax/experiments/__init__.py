@@ -8,7 +8,8 @@ Each experiment is one module, ``python -m egnn_jax.experiments.<name>``, exposi
 
 The framework a new experiment builds on (subclass `Experiment`, declare config, data,
 featurisation, models and table): `Experiment`, `ExperimentConfig`, `ExperimentData`,
-`train_and_evaluate`, `evaluate_file`, `cli_main`. Underneath, usable on their own: the
+`train_and_evaluate`, `evaluate_file`, `cli_main`, `entry_points`. Underneath, usable on
+their own: the
 training loop `train` (with `TrainResult`, `TrainingDiverged`), `train_concurrently`,
 `make_optimizer`, the model registry (`ModelSpec`, `model_spec`, `MODEL_KINDS`), and
 checkpoints with named trees (`save_params`, `load_params`, `best_dir`), and crash-safe
@@ -23,15 +24,15 @@ from ._checkpoint import latest_dir as latest_dir
 from ._checkpoint import load_params as load_params
 from ._checkpoint import save_params as save_params
 from ._cli import cli_main as cli_main
+from ._cli import entry_points as entry_points
 from ._concurrency import interrupt_on_signals as interrupt_on_signals
 from ._concurrency import train_concurrently as train_concurrently
-from ._framework import EvaluationFileError as EvaluationFileError
-from ._framework import Experiment as Experiment
-from ._framework import ExperimentConfig as ExperimentConfig
-from ._framework import ExperimentData as ExperimentData
+from ._experiment import EvaluationFileError as EvaluationFileError
+from ._experiment import Experiment as Experiment
+from ._experiment import ExperimentConfig as ExperimentConfig
+from ._experiment import ExperimentData as ExperimentData
+from ._experiment import load_npz as load_npz
 from ._framework import evaluate_file as evaluate_file
-from ._framework import load_npz as load_npz
-from ._framework import read_metrics as read_metrics
 from ._framework import train_and_evaluate as train_and_evaluate
 from ._loop import TrainingDiverged as TrainingDiverged
 from ._loop import TrainResult as TrainResult
@@ -43,3 +44,4 @@ from ._report import save_figure_atomic as save_figure_atomic
 from ._report import save_json_atomic as save_json_atomic
 from ._step import TrainState as TrainState
 from ._step import make_optimizer as make_optimizer
+from ._workdir import read_metrics as read_metrics

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import sys
@@ -22,10 +23,12 @@ from pathlib import Path
 
 from ._checkpoint import CheckpointMismatchError, FingerprintMismatchError, RunExistsError
 from ._concurrency import interrupt_on_signals
-from ._framework import Experiment, evaluate_file, read_metrics, train_and_evaluate
+from ._experiment import Experiment
+from ._framework import evaluate_file, train_and_evaluate
 from ._loop import TrainingDiverged
+from ._workdir import read_metrics
 
-__all__ = ["cli_main"]
+__all__ = ["cli_main", "entry_points"]
 
 # Errors whose message says all a user needs: one line on stderr, exit code 1.
 EXPECTED_ERRORS = (
@@ -148,3 +151,13 @@ def cli_main(experiment: Experiment, argv: Sequence[str] | None = None) -> int:
         f" | {metrics['device']['description']}\nwrote {Path(args.workdir) / 'metrics.json'}"
     )
     return 0
+
+
+def entry_points(experiment: Experiment):
+    """``(train_and_evaluate, evaluate_file, main)`` of an experiment module: the framework's
+    functions with the experiment bound, so ``module.train_and_evaluate(config, workdir)``."""
+    return (
+        functools.partial(train_and_evaluate, experiment),
+        functools.partial(evaluate_file, experiment),
+        functools.partial(cli_main, experiment),
+    )

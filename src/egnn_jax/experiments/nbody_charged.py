@@ -19,7 +19,6 @@ train), GNN, Radial Field and EGNN-vel (eq. 7).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import sys
 import time
 from pathlib import Path
@@ -32,8 +31,14 @@ import numpy as np
 from egnn_jax._atomic import atomic_open
 from egnn_jax.sim import SAMPLERS, charged_split
 
-from . import _cli, _framework
-from ._framework import Experiment, ExperimentConfig, ExperimentData, load_npz
+from ._cli import entry_points
+from ._experiment import (
+    EvaluationFileError,
+    Experiment,
+    ExperimentConfig,
+    ExperimentData,
+    load_npz,
+)
 from ._models import ModelSpec, label
 from ._report import markdown_table
 
@@ -273,7 +278,7 @@ class NBodyCharged(Experiment):
                 raise ValueError(f"xT must have the shape of x0 {f['x0'].shape}")
             return featurise(f["x0"], f["v0"], f["q"], f["xT"])
         except ValueError as e:
-            raise _framework.EvaluationFileError(f"{path}: {e}") from e
+            raise EvaluationFileError(f"{path}: {e}") from e
 
     def extra_results(self, config, spec, params, data):
         batch100 = jax.tree.map(lambda a: a[:100], data.test)
@@ -301,13 +306,9 @@ class NBodyCharged(Experiment):
 
 
 EXPERIMENT = NBodyCharged()
-train_and_evaluate = functools.partial(_framework.train_and_evaluate, EXPERIMENT)
-evaluate_file = functools.partial(_framework.evaluate_file, EXPERIMENT)
-
-
-def main(argv=None) -> int:
-    """Command-line entry point (see the module docstring and `_cli`)."""
-    return _cli.cli_main(EXPERIMENT, argv)
+# The module's API: ``train_and_evaluate(config, workdir, ...)``, ``evaluate_file(workdir,
+# path)`` and ``main(argv)`` (the command line), all with EXPERIMENT bound.
+train_and_evaluate, evaluate_file, main = entry_points(EXPERIMENT)
 
 
 if __name__ == "__main__":

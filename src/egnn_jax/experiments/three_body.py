@@ -31,9 +31,15 @@ import numpy as np
 from egnn_jax import sim
 from egnn_jax.testing import random_orthogonal
 
-from . import _cli, _framework
+from ._cli import entry_points
+from ._experiment import (
+    EvaluationFileError,
+    Experiment,
+    ExperimentConfig,
+    ExperimentData,
+    load_npz,
+)
 from ._featurise import featurise, masses_vary
-from ._framework import Experiment, ExperimentConfig, ExperimentData, load_npz
 from ._models import ModelSpec, label
 from ._report import markdown_table, save_figure_atomic
 
@@ -322,7 +328,7 @@ class ThreeBody(Experiment):
                 arrays["x"], arrays["v"], arrays["masses"], what=str(path), dim=config.dim
             )
         except ValueError as e:
-            raise _framework.EvaluationFileError(str(e)) from e
+            raise EvaluationFileError(str(e)) from e
         if masses_vary(masses):
             logger.warning("%s has varying masses; the models were trained on equal ones", path)
         return features(x0, v0, masses, target)
@@ -372,13 +378,9 @@ class ThreeBody(Experiment):
 
 
 EXPERIMENT = ThreeBody()
-train_and_evaluate = functools.partial(_framework.train_and_evaluate, EXPERIMENT)
-evaluate_file = functools.partial(_framework.evaluate_file, EXPERIMENT)
-
-
-def main(argv=None) -> int:
-    """Command-line entry point (see the module docstring and `_cli`)."""
-    return _cli.cli_main(EXPERIMENT, argv)
+# The module's API: ``train_and_evaluate(config, workdir, ...)``, ``evaluate_file(workdir,
+# path)`` and ``main(argv)`` (the command line), all with EXPERIMENT bound.
+train_and_evaluate, evaluate_file, main = entry_points(EXPERIMENT)
 
 
 if __name__ == "__main__":

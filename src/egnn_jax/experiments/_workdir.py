@@ -1,0 +1,120 @@
+"""The rules for a workdir that already holds runs: continue, replace or refuse, never mix.
+
+A *run* is one model trained in one workdir: its resumable state
+(``checkpoints/<model>/latest``), its best parameters (``best/<model>``) and its row of
+``metrics.json``, each carrying the run's fingerprint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from ._checkpoint import (
+    FingerprintMismatchError,
+    RunExistsError,
+    best_dir,
+    check_fingerprint,
+    fingerprint_differences,
+    latest_dir,
+    read_params_meta,
+)
+from ._experiment import ExperimentConfig
+from ._loop import remove_run
+
+__all__ = ["finished", "prepare_workdir", "read_metrics", "saved_shared_fingerprint"]
+
+_SHARED = ("experiment", "config", "data")
+
+
+def saved_shared_fingerprint(fingerprint: dict, config_class: type[ExperimentConfig]) -> dict:
+    """The part of a run's fingerprint that every run in one table shares. Config fields
+    added after the run was made count as their defaults, so a new field does not orphan
+    the runs already committed."""
+    shared = {k: fingerprint.get(k) for k in _SHARED}
+    if isinstance(shared["config"], dict):
+        defaults = {f.name: f.default for f in dataclasses.fields(config_class)}
+        missing = {k: v for k, v in defaults.items() if k not in shared["config"]}
+        missing = {k: list(v) if isinstance(v, tuple) else v for k, v in missing.items()}
+        missing = {k: v for k, v in missing.items() if k not in config_class.RUN_FIELDS}
+        shared["config"] = dict(sorted((shared["config"] | missing).items()))
+    return shared
+
+
+def read_metrics(workdir: Path) -> dict | None:
+    path = workdir / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); --overwrite replaces it") from e
+
+
+def _runs_on_disk(workdir: Path, rows: dict) -> dict[str, dict | None]:
+    """Every model with a row, a best checkpoint or a resumable state, and its fingerprint."""
+    names = set(rows)
+    for folder in (workdir / "best", workdir / "checkpoints"):
+        if folder.is_dir():
+            names |= {p.name for p in folder.iterdir() if p.is_dir()}
+    found = {}
+    for name in sorted(names):
+        fingerprint = rows.get(name, {}).get("fingerprint")
+        if fingerprint is None:
+            meta = read_params_meta(best_dir(workdir, name))
+            fingerprint = None if meta is None else meta.get("fingerprint")
+        found[name] = fingerprint
+    return found
+
+
+def prepare_workdir(
+    workdir: Path, rows: dict, config: ExperimentConfig, shared: dict, resume, overwrite
+):
+    """Apply the workdir rules; returns the rows of other models that stay in the table."""
+    on_disk = _runs_on_disk(workdir, rows)
+    selected, cls = config.models, type(config)
+    foreign = {
+        name: fp
+        for name, fp in on_disk.items()
+        if fp is None or fingerprint_differences(saved_shared_fingerprint(fp, cls), shared)
+    }
+    if overwrite:
+        for name in set(on_disk) & (set(selected) | set(foreign)):
+            remove_run(workdir, name)
+        return {n: r for n, r in rows.items() if n not in selected and n not in foreign}
+    taken = sorted(set(on_disk) & set(selected))
+    if taken and not resume:
+        raise RunExistsError(
+            f"{workdir} already holds a run of {', '.join(taken)}: pass --resume to continue "
+            "it, or --overwrite to delete it and start again"
+        )
+    for name, fp in foreign.items():
+        if fp is None:
+            raise FingerprintMismatchError(
+                f"{workdir} holds a run of {name!r} without a fingerprint (an older format?); "
+                "use another --workdir, or --overwrite to delete it"
+            )
+        check_fingerprint(
+            saved_shared_fingerprint(fp, cls),
+            shared,
+            f"the run of {name!r} in {workdir}",
+            "use another --workdir, or --overwrite to delete it",
+        )
+    return {n: r for n, r in rows.items() if n not in selected}
+
+
+def finished(workdir: Path, row: dict | None, config) -> bool:
+    """A run that needs no training: finished earlier and its resumable state is gone (a
+    fresh clone holds only the committed best parameters)."""
+    if row is None or latest_dir(workdir, row["name"]).exists():
+        return False
+    done = row.get("steps_done")
+    if done is None:
+        return False
+    if done > config.num_steps:
+        raise ValueError(
+            f"run {row['name']!r} has already done {done} steps; resuming to "
+            f"{config.num_steps} would return the longer run's result"
+        )
+    return done == config.num_steps or bool(row.get("stopped_early"))
