@@ -56,7 +56,7 @@ def init_params():
     return {"w": jnp.zeros((D,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
 
 
-def loss_fn(params, batch, key):
+def loss_fn(params, batch, info):
     pred = batch["x"] @ params["w"] + params["b"]
     return jnp.mean((pred - batch["y"]) ** 2)
 
@@ -136,7 +136,7 @@ def test_batches_follow_fold_in_epoch_permutations():
     opt = optax.sgd(1.0)
     # chunks of 2 steps: most chunks start in the middle of an epoch
     chunk = make_train_chunk(
-        lambda p, b, k: -jnp.sum(p["c"][b["i"]]), opt, batch_size=bs, n_train=n, chunk_len=2
+        lambda p, b, i: -jnp.sum(p["c"][b["i"]]), opt, batch_size=bs, n_train=n, chunk_len=2
     )
     state = init_train_state({"c": jnp.zeros(n)}, opt, key)
     data = {"i": jnp.arange(n)}
@@ -255,9 +255,9 @@ def test_best_checkpoint_is_lowest_val_loss(tmp_path):
 def test_no_recompilation_across_chunks():
     traces = {"loss": 0, "eval": 0}
 
-    def counting_loss(params, batch, key):
+    def counting_loss(params, batch, info):
         traces["loss"] += 1
-        return loss_fn(params, batch, key)
+        return loss_fn(params, batch, info)
 
     def counting_eval(params, data):
         traces["eval"] += 1
@@ -300,7 +300,7 @@ def test_save_json_atomic(tmp_path):
         ({"resume": True}, "require a workdir"),
         ({"eval_fn": lambda p, d: {"loss": loss_fn(p, d, None)}}, "val_loss"),
         ({"eval_fn": lambda p, d: {"val_loss": jnp.zeros(2)}}, "scalars"),
-        ({"loss_fn": lambda p, b, k: (b["x"] @ p["w"]) ** 2}, "scalar"),
+        ({"loss_fn": lambda p, b, i: (b["x"] @ p["w"]) ** 2}, "scalar"),
         ({"patience": 0}, "patience"),
         ({"overwrite": True}, "require a workdir"),
         ({"key": 0}, "PRNG key"),
@@ -371,9 +371,23 @@ def test_early_stopping_and_its_resume(tmp_path):
     assert again.num_steps == 0 and again.stopped_early and again.best_step == res.best_step
 
 
+def test_step_index_reaches_the_loss():
+    """A schedule on the step index: the loss is 0 until step 6, then the usual one."""
+
+    def scheduled(params, batch, info):
+        return jnp.where(info.step >= 6, loss_fn(params, batch, info), 0.0 * params["b"])
+
+    res = run(loss_fn=scheduled, num_steps=10, eval_every=5, batch_size=16)
+    assert res.history[0]["train_loss"] == 0.0 and res.history[1]["train_loss"] > 0.0
+    np.testing.assert_array_equal(
+        np.asarray(run(loss_fn=scheduled, num_steps=5, eval_every=5, batch_size=16).params["w"]),
+        0.0,
+    )
+
+
 def test_loss_keys_are_a_pure_function_of_key_and_step(tmp_path):
-    def noisy_loss(params, batch, key):  # noise injection: the gradient depends on the key
-        noise = 0.1 * jax.random.normal(key, (1, D))
+    def noisy_loss(params, batch, info):  # noise injection: the gradient depends on the key
+        noise = 0.1 * jax.random.normal(info.key, (1, D))
         pred = (batch["x"] + noise) @ params["w"] + params["b"]
         return jnp.mean((pred - batch["y"]) ** 2)
 

@@ -42,6 +42,7 @@ from ._models import ModelSpec as ModelSpec
 from ._models import model_spec as model_spec
 from ._report import save_figure_atomic as save_figure_atomic
 from ._report import save_json_atomic as save_json_atomic
+from ._step import StepInfo as StepInfo
 from ._step import TrainState as TrainState
 from ._step import make_optimizer as make_optimizer
 from ._workdir import read_metrics as read_metrics

@@ -224,6 +224,10 @@ class Experiment:
         """The markdown result table of a metrics.json (README and command output)."""
         raise NotImplementedError
 
+    def ordered_rows(self, metrics: dict) -> list[tuple[str, dict]]:
+        """The rows of a metrics.json in the order of `model_names` (JSON keeps them sorted)."""
+        return [(n, metrics["models"][n]) for n in self.model_names if n in metrics["models"]]
+
     # ---- optional hooks --------------------------------------------------------------------
     def add_arguments(self, parser) -> None:
         """Experiment-specific command-line flags."""

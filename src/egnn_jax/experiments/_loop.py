@@ -177,9 +177,9 @@ def train(
     Arguments:
         name: run name; progress-bar label and checkpoint folders
             ``workdir/checkpoints/<name>/latest`` and ``workdir/best/<name>``.
-        loss_fn: ``loss_fn(params, batch, key) -> scalar``; pure; ``batch`` is
-            ``train_data`` with leading axis ``batch_size``; ``key`` is the step's PRNG key
-            (`_step.step_key`).
+        loss_fn: ``loss_fn(params, batch, info) -> scalar``; pure; ``batch`` is
+            ``train_data`` with leading axis ``batch_size``; ``info`` is a `StepInfo`: the
+            step's PRNG key (`_step.step_key`) and its 0-based index.
         params: initial parameters (pytree of arrays).
         train_data: pytree of arrays sharing a leading sample axis ``n_train``; it is put
             on the default device once.

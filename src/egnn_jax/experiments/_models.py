@@ -4,7 +4,7 @@ A model is a hashable `ModelSpec`; the framework uses it through pure functions:
 
     params = spec.init(key, batch)            # batch: a few samples (all of train for "linear")
     x_pred = spec.predict(params, batch)      # [B, M, d]
-    loss = spec.loss(params, batch, key)      # scalar, for the training loop
+    loss = spec.loss(params, batch, info)     # scalar, for the training loop (`StepInfo`)
     metrics = spec.evaluate(params, batch)    # {"val_loss": ...}, selects the best checkpoint
 
 The batch is a dict of arrays with a leading sample axis B, built by each experiment's
@@ -219,9 +219,9 @@ class ModelSpec:
         """Predicted positions `[B, M, d]` (pure)."""
         return self._impl.predict(self, params, batch)
 
-    def loss(self, params, batch, key) -> jax.Array:
-        """Training loss: the MSE of the prediction (`key` is unused: no randomness)."""
-        del key
+    def loss(self, params, batch, info) -> jax.Array:
+        """Training loss: the MSE of the prediction (`info`, a `StepInfo`, is unused)."""
+        del info
         return mse(self.predict(params, batch), batch["target"])
 
     def evaluate(self, params, batch) -> dict[str, jax.Array]:

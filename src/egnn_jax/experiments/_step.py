@@ -3,8 +3,9 @@
 Determinism: step ``s`` (0-based) belongs to epoch ``e = s // steps_per_epoch`` and uses the
 batch ``perm_e[p * B:(p + 1) * B]`` with ``p = s % steps_per_epoch`` and
 ``perm_e = jax.random.permutation(jax.random.fold_in(key, e), n_train)``; its loss gets the
-PRNG key ``step_key(key, s)``. Everything a step does is a pure function of ``(key, step)``
-and the state, so a resumed run is bitwise the run that was never interrupted.
+PRNG key ``step_key(key, s)`` and the step index (`StepInfo`). Everything a step does is a
+pure function of ``(key, step)`` and the state, so a resumed run is bitwise the run that was
+never interrupted.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 __all__ = [
+    "StepInfo",
     "TrainState",
     "cached",
     "init_train_state",
@@ -32,7 +34,7 @@ __all__ = [
 ]
 
 PyTree = Any
-LossFn = Callable[[PyTree, PyTree, jax.Array], jax.Array]
+LossFn = Callable[[PyTree, PyTree, "StepInfo"], jax.Array]
 EvalFn = Callable[[PyTree, PyTree], Mapping[str, jax.Array]]
 
 # Epoch e shuffles with fold_in(key, e); the losses draw from this stream instead, an epoch
@@ -55,6 +57,19 @@ class TrainState(NamedTuple):
     params: PyTree
     opt_state: PyTree
     key: jax.Array
+
+
+class StepInfo(NamedTuple):
+    """What a loss learns about the step it is computed for.
+
+    Attributes:
+        key: this step's PRNG key, ``step_key(run key, step)`` (noise injection, random
+            windows, ...).
+        step: int32 scalar, the 0-based index of the step (schedules, curricula).
+    """
+
+    key: jax.Array
+    step: jax.Array
 
 
 def step_key(key: jax.Array, step) -> jax.Array:
@@ -106,16 +121,16 @@ def make_train_step(loss_fn: LossFn, optimizer) -> Callable[[TrainState, PyTree]
     """Pure ``train_step(state, batch) -> (state, loss)`` (one gradient step, not jitted).
 
     Arguments:
-        loss_fn: ``loss_fn(params, batch, key) -> scalar``, pure and traceable; ``key`` is
-            ``step_key(state.key, state.step)`` (for noise injection and the like).
+        loss_fn: ``loss_fn(params, batch, info) -> scalar``, pure and traceable; ``info`` is
+            a `StepInfo`: the step's key ``step_key(state.key, state.step)`` and its index.
         optimizer: optax ``GradientTransformation``.
 
     Returns:
         The step function; it does not touch ``state.key``.
     """
 
-    def checked_loss(params, batch, key):
-        loss = loss_fn(params, batch, key)
+    def checked_loss(params, batch, info):
+        loss = loss_fn(params, batch, info)
         if jnp.shape(loss) != ():
             raise ValueError(f"loss_fn must return a scalar, got shape {jnp.shape(loss)}")
         return loss
@@ -123,7 +138,8 @@ def make_train_step(loss_fn: LossFn, optimizer) -> Callable[[TrainState, PyTree]
     grad_fn = jax.value_and_grad(checked_loss)
 
     def train_step(state: TrainState, batch: PyTree) -> tuple[TrainState, jax.Array]:
-        loss, grads = grad_fn(state.params, batch, step_key(state.key, state.step))
+        info = StepInfo(step_key(state.key, state.step), state.step)
+        loss, grads = grad_fn(state.params, batch, info)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return TrainState(state.step + 1, params, opt_state, state.key), loss
@@ -147,7 +163,7 @@ def make_train_chunk(
     permutation is carried through the scan and recomputed only at epoch starts.
 
     Arguments:
-        loss_fn: ``loss_fn(params, batch, key) -> scalar``.
+        loss_fn: ``loss_fn(params, batch, info) -> scalar`` (`StepInfo`).
         optimizer: optax ``GradientTransformation``.
         batch_size: samples per step.
         n_train: size of the leading axis of every training-data leaf.

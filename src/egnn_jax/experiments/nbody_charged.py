@@ -290,7 +290,7 @@ class NBodyCharged(Experiment):
     def format_table(self, metrics):
         header = ["model", "test MSE (ours)", "paper", "epochs", "best epoch", "forward ms / batch"]
         rows = []
-        for name, r in metrics["models"].items():
+        for name, r in self.ordered_rows(metrics):
             trained = "epochs_done" in r
             rows.append(
                 [

@@ -362,7 +362,7 @@ class ThreeBody(Experiment):
     def format_table(self, metrics):
         header = ["model", "test MSE", "valid MSE", "best step", "steps/s", "equivariance error"]
         rows = []
-        for name, r in metrics["models"].items():
+        for name, r in self.ordered_rows(metrics):
             sps = r.get("steps_per_second")
             rows.append(
                 [

@@ -4,7 +4,7 @@
   (:class:`ThreeBodyConfig`, :func:`simulate_three_body`, :func:`three_body_trajectory`).
 * The EGNN paper's charged-particles benchmark (:class:`ChargedConfig`,
   :func:`simulate_charged`, :func:`charged_trajectory`, :func:`charged_splits`).
-* :class:`Yoshida6`, a sixth-order symplectic Diffrax solver for ``x'' = a(x)``.
+* :class:`Leapfrog` and :class:`Yoshida6`, symplectic Diffrax solvers for ``x'' = a(x)``.
 * The dataset container every simulator returns (:class:`Dataset`) and a cache of generated
   datasets (:func:`load_or_simulate`).
 
@@ -33,4 +33,6 @@ from ._three_body import (
 )
 from ._three_body import simulate_three_body as simulate_three_body
 from ._three_body import three_body_trajectory as three_body_trajectory
+from ._yoshida import Leapfrog as Leapfrog
+from ._yoshida import SymplecticComposition as SymplecticComposition
 from ._yoshida import Yoshida6 as Yoshida6

@@ -1,4 +1,4 @@
-"""A sixth-order symplectic Diffrax solver for second-order systems ``x'' = a(x)``.
+"""Symplectic Diffrax solvers (leapfrog, Yoshida-6) for second-order systems ``x'' = a(x)``.
 
 Used by the three-body simulator and by learned dynamics that integrate a force field.
 """
@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import diffrax
 
-__all__ = ["Yoshida6"]
+__all__ = ["Leapfrog", "SymplecticComposition", "Yoshida6"]
 
 # Yoshida (1990) sixth-order composition, "solution A": the step is a palindrome of seven
 # leapfrog (kick-drift-kick) sub-steps with these weights.
@@ -19,24 +19,22 @@ _W0 = 1.0 - 2.0 * (_W1 + _W2 + _W3)
 _YOSHIDA6 = (_W3, _W2, _W1, _W0, _W1, _W2, _W3)
 
 
-class Yoshida6(diffrax.AbstractSolver):
-    """Sixth-order symplectic composition of leapfrog (Yoshida 1990) for ``x'' = a(x)``.
+class SymplecticComposition(diffrax.AbstractSolver):
+    """A palindrome of leapfrog (kick-drift-kick) sub-steps with the `weights` of a subclass,
+    for ``x'' = a(x)`` (or ``a(x, v)``, then no longer exactly symplectic).
 
     The state is ``(x, v)`` and the vector field of the single ``ODETerm`` must return
-    ``(v, a(x))``.  Constant step only.  Being symplectic, the energy error stays bounded (no
-    secular drift), and one force evaluation per sub-step (7 per step, the last one is reused as
-    first-same-as-last) makes it much cheaper per step than an 8th-order Runge-Kutta tableau,
-    whose stage combinations dominate the cost for a 12-number state.  Dense output is the cubic
-    Hermite interpolant built from ``(x, v, a)`` at both ends.
+    ``(v, a(x, v))``; the acceleration is read at the drifted positions with the half-kicked
+    velocity. Constant step only. Adjacent half-kicks of consecutive sub-steps are merged, so
+    a step costs one force evaluation per weight (the last one is reused first-same-as-last).
+    Dense output is the cubic Hermite interpolant built from ``(x, v, a)`` at both ends.
     """
 
+    weights: ClassVar[tuple[float, ...]]
     term_structure: ClassVar = diffrax.AbstractTerm
     interpolation_cls: ClassVar[Callable[..., Any]] = (
         diffrax.ThirdOrderHermitePolynomialInterpolation
     )
-
-    def order(self, terms):
-        return 6
 
     def init(self, terms, t0, t1, y0, args):
         return terms.vf(t0, y0, args)[1]
@@ -46,8 +44,7 @@ class Yoshida6(diffrax.AbstractSolver):
         x, v = y0
         a = solver_state
         h = t1 - t0
-        w = _YOSHIDA6
-        # Adjacent half-kicks of consecutive leapfrog sub-steps are merged: 7 force evaluations.
+        w = self.weights
         v = v + (0.5 * w[0] * h) * a
         for k in range(len(w)):
             x = x + (w[k] * h) * v
@@ -62,3 +59,28 @@ class Yoshida6(diffrax.AbstractSolver):
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
+
+
+class Leapfrog(SymplecticComposition):
+    """Second-order symplectic leapfrog (velocity Verlet, kick-drift-kick) for ``x'' = a(x)``:
+    one force evaluation per step. See `SymplecticComposition` for the state and the term."""
+
+    weights: ClassVar[tuple[float, ...]] = (1.0,)
+
+    def order(self, terms):
+        return 2
+
+
+class Yoshida6(SymplecticComposition):
+    """Sixth-order symplectic composition of leapfrog (Yoshida 1990) for ``x'' = a(x)``.
+
+    See `SymplecticComposition` for the state and the term. Being symplectic, the energy error
+    stays bounded (no secular drift), and one force evaluation per sub-step (7 per step) makes
+    it much cheaper per step than an 8th-order Runge-Kutta tableau, whose stage combinations
+    dominate the cost for a 12-number state.
+    """
+
+    weights: ClassVar[tuple[float, ...]] = _YOSHIDA6
+
+    def order(self, terms):
+        return 6
