@@ -211,3 +211,37 @@ def test_bad_states_raise():
         dyn.integrate(lambda p, s: s.x, None, state, 0.1, 0)
     with pytest.raises(ValueError, match="velocity=True"):
         dyn.step_init(jax.random.key(0), egnn_jax.EGNNConfig(), state)
+
+
+def test_edge_features_keep_equivariance_and_enter_the_potential_gradient():
+    edge_fn = dyn.inverse_distance_features((0.05, 0.2, 0.8))
+    with jax.enable_x64(True):
+        state = _state(jax.random.key(8), dtype=jnp.float64)
+        a = edge_fn(state.x)
+        assert a.shape == (4, 4, 3)
+        np.testing.assert_allclose(a[0, 0], [20.0, 5.0, 1.25])  # r = 0 on the diagonal
+        r = float(jnp.linalg.norm(state.x[0] - state.x[1]))
+        np.testing.assert_allclose(a[0, 1, 1], 1 / np.sqrt(r**2 + 0.04), rtol=1e-9)  # rsqrt
+        np.testing.assert_allclose(dyn.distance_feature(state.x)[0, 1, 0], r, rtol=1e-12)
+
+        params = _scale_coords(dyn.force_field_init(jax.random.key(9), CFG, state, edge_fn), 300)
+        run = jax.jit(
+            lambda x, v, h: dyn.integrate(
+                lambda p, s: dyn.force_field(p, CFG, s, edge_fn),
+                params,
+                dyn.State(x, v, h),
+                0.05,
+                5,
+            ).x[-1]
+        )
+        assert_equivariant(
+            lambda h, x, v: (h, run(x, v, h)), jax.random.key(4), state.h, state.x, v=state.v
+        )
+
+        pot = dyn.potential_init(jax.random.key(10), CFG, state, edge_fn)
+        acc = dyn.potential_acceleration(pot, CFG, state, edge_fn=edge_fn)
+        eps = 1e-6
+        bump = jnp.zeros_like(state.x).at[1, 2].set(eps)
+        energy = lambda x: dyn.potential_energy(pot, CFG, state._replace(x=x), edge_fn)
+        numeric = -(energy(state.x + bump) - energy(state.x - bump)) / (2 * eps)
+        assert float(acc[1, 2]) == pytest.approx(float(numeric), rel=1e-6)

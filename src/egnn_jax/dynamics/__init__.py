@@ -18,8 +18,10 @@ through the unrolled trajectory or the solve).
 """
 
 from ._integrate import integrate as integrate
+from ._learned import distance_feature as distance_feature
 from ._learned import force_field as force_field
 from ._learned import force_field_init as force_field_init
+from ._learned import inverse_distance_features as inverse_distance_features
 from ._learned import potential_acceleration as potential_acceleration
 from ._learned import potential_energy as potential_energy
 from ._learned import potential_init as potential_init

@@ -11,12 +11,16 @@ Three families, each E(n)-equivariant:
   symplectic solver, the energy ``K + U`` is conserved by construction up to the solver.
 
 Every function takes one system as a `State` (`x`, `v` `[M, n]`, `h` `[M, F]`) and a dense
-complete graph; batch with `jax.vmap`. `config` is an `egnn_jax.EGNNConfig`.
+complete graph; batch with `jax.vmap`. `config` is an `egnn_jax.EGNNConfig`. `edge_fn`, if
+given, maps the positions `[M, n]` to invariant edge attributes `[M, M, A]` (e.g.
+`inverse_distance_features`), recomputed at every evaluation: inside a potential they are
+differentiated too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +31,10 @@ from egnn_jax._config import EGNNConfig
 from ._rollout import State, _check_state
 
 __all__ = [
+    "distance_feature",
     "force_field",
     "force_field_init",
+    "inverse_distance_features",
     "potential_acceleration",
     "potential_energy",
     "potential_init",
@@ -37,8 +43,42 @@ __all__ = [
 ]
 
 
+EdgeFn = Callable[[jax.Array], jax.Array]
+
+
 def _velocity_arg(config: EGNNConfig, state: State):
     return state.v if config.velocity else None
+
+
+def _edges(edge_fn: EdgeFn | None, x: jax.Array):
+    return None if edge_fn is None else edge_fn(x)
+
+
+def _pairwise_d2(x: jax.Array) -> jax.Array:
+    diff = x[:, None, :] - x[None, :, :]
+    return jnp.sum(diff * diff, axis=-1)
+
+
+def distance_feature(x: jax.Array) -> jax.Array:
+    """``|x_i - x_j|`` as a one-wide edge attribute ``[M, M, 1]`` (0 on the diagonal, with a
+    zero gradient there)."""
+    d2 = _pairwise_d2(x)
+    positive = d2 > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, d2, 1.0)), 0.0)[..., None]
+
+
+def inverse_distance_features(scales: tuple[float, ...]) -> EdgeFn:
+    """An `edge_fn`: ``1 / sqrt(|x_i - x_j|^2 + s^2)`` for each scale s, ``[M, M, len]``.
+
+    Smooth and bounded at every separation, ~1/r far away: a basis in which force laws that
+    span orders of magnitude over the distances in the data are easy to combine.
+    """
+    s2 = jnp.asarray(scales, jnp.float32) ** 2
+
+    def edge_fn(x):
+        return jax.lax.rsqrt(_pairwise_d2(x)[..., None] + s2.astype(x.dtype).reshape(1, 1, -1))
+
+    return edge_fn
 
 
 # --------------------------------------------------------------------------------------
@@ -50,7 +90,7 @@ def _head_config(config: EGNNConfig) -> EGNNConfig:
     return EGNNConfig(hidden_features=config.hidden_features, num_layers=1, velocity=True)
 
 
-def step_init(key, config: EGNNConfig, state: State) -> dict:
+def step_init(key, config: EGNNConfig, state: State, edge_fn: EdgeFn | None = None) -> dict:
     """Parameters of the step model: ``{"trunk": EGNN-vel, "head": one velocity layer}``.
 
     Arguments:
@@ -63,13 +103,14 @@ def step_init(key, config: EGNNConfig, state: State) -> dict:
     if not config.velocity or config.out_features is not None:
         raise ValueError("the step model's trunk needs velocity=True and out_features=None")
     k_trunk, k_head = jax.random.split(key)
-    trunk = init(k_trunk, config, state.h, state.x, v=state.v)
-    h_out, _ = apply(trunk, config, state.h, state.x, v=state.v)
-    head = init(k_head, _head_config(config), h_out, state.x, v=state.v)
+    a = _edges(edge_fn, state.x)
+    trunk = init(k_trunk, config, state.h, state.x, v=state.v, edge_attr=a)
+    h_out, _ = apply(trunk, config, state.h, state.x, v=state.v, edge_attr=a)
+    head = init(k_head, _head_config(config), h_out, state.x, v=state.v, edge_attr=a)
     return {"trunk": trunk, "head": head}
 
 
-def step(params: dict, config: EGNNConfig, state: State) -> State:
+def step(params: dict, config: EGNNConfig, state: State, edge_fn: EdgeFn | None = None) -> State:
     """One saved interval ahead: ``x' = EGNN-vel(h, x, v)``, ``v' = v + head(h_L, x, v) - x``.
 
     Arguments:
@@ -80,8 +121,10 @@ def step(params: dict, config: EGNNConfig, state: State) -> State:
     Returns:
         The next `State` (``h`` unchanged).
     """
-    h_out, x_next = apply(params["trunk"], config, state.h, state.x, v=state.v)
-    _, x_head = apply(params["head"], _head_config(config), h_out, state.x, v=state.v)
+    a = _edges(edge_fn, state.x)
+    h_out, x_next = apply(params["trunk"], config, state.h, state.x, v=state.v, edge_attr=a)
+    head_config = _head_config(config)
+    _, x_head = apply(params["head"], head_config, h_out, state.x, v=state.v, edge_attr=a)
     return State(x_next, state.v + (x_head - state.x), state.h)
 
 
@@ -90,18 +133,22 @@ def step(params: dict, config: EGNNConfig, state: State) -> State:
 # --------------------------------------------------------------------------------------
 
 
-def force_field_init(key, config: EGNNConfig, state: State) -> dict:
+def force_field_init(key, config: EGNNConfig, state: State, edge_fn: EdgeFn | None = None) -> dict:
     """Parameters of an EGNN force field (``config.velocity``: does it read velocities)."""
     _check_state(state)
-    return init(key, config, state.h, state.x, v=_velocity_arg(config, state))
+    v, a = _velocity_arg(config, state), _edges(edge_fn, state.x)
+    return init(key, config, state.h, state.x, v=v, edge_attr=a)
 
 
-def force_field(params: dict, config: EGNNConfig, state: State) -> jax.Array:
+def force_field(
+    params: dict, config: EGNNConfig, state: State, edge_fn: EdgeFn | None = None
+) -> jax.Array:
     """The acceleration ``[M, n]``: the EGNN's total coordinate shift ``x_out - x``.
 
     Rotation- and reflection-equivariant, translation-invariant, permutation-equivariant.
     """
-    _, x_out = apply(params, config, state.h, state.x, v=_velocity_arg(config, state))
+    v, a = _velocity_arg(config, state), _edges(edge_fn, state.x)
+    _, x_out = apply(params, config, state.h, state.x, v=v, edge_attr=a)
     return x_out - state.x
 
 
@@ -114,27 +161,39 @@ def _potential_config(config: EGNNConfig) -> EGNNConfig:
     return dataclasses.replace(config, velocity=False, out_features=1)
 
 
-def potential_init(key, config: EGNNConfig, state: State) -> dict:
+def potential_init(key, config: EGNNConfig, state: State, edge_fn: EdgeFn | None = None) -> dict:
     """Parameters of a learned potential: an EGNN (positions only) with a 1-wide read-out.
 
     `config`'s `velocity` and `out_features` are ignored (the potential depends on the
     positions only, and reads out one number per node).
     """
     _check_state(state)
-    return init(key, _potential_config(config), state.h, state.x)
+    a = _edges(edge_fn, state.x)
+    return init(key, _potential_config(config), state.h, state.x, edge_attr=a)
 
 
-def potential_energy(params: dict, config: EGNNConfig, state: State) -> jax.Array:
+def potential_energy(
+    params: dict, config: EGNNConfig, state: State, edge_fn: EdgeFn | None = None
+) -> jax.Array:
     """U(x) = sum over nodes of the EGNN's read-out: an E(n)-invariant scalar."""
-    h_out, _ = apply(params, _potential_config(config), state.h, state.x)
+    a = _edges(edge_fn, state.x)
+    h_out, _ = apply(params, _potential_config(config), state.h, state.x, edge_attr=a)
     return jnp.sum(h_out)
 
 
 def potential_acceleration(
-    params: dict, config: EGNNConfig, state: State, masses: jax.Array | None = None
+    params: dict,
+    config: EGNNConfig,
+    state: State,
+    masses: jax.Array | None = None,
+    edge_fn: EdgeFn | None = None,
 ) -> jax.Array:
     """``-dU/dx_i / m_i`` ``[M, n]`` (unit masses when `masses` is None)."""
-    force = -jax.grad(lambda x: potential_energy(params, config, state._replace(x=x)))(state.x)
+
+    def energy(x):
+        return potential_energy(params, config, state._replace(x=x), edge_fn)
+
+    force = -jax.grad(energy)(state.x)
     if masses is None:
         return force
     return force / masses[:, None]

@@ -51,7 +51,6 @@ def build_parser(experiment: Experiment) -> argparse.ArgumentParser:
     parser.add_argument(
         "--workdir",
         type=Path,
-        default=experiment.default_workdir,
         help=f"outputs, best parameters and checkpoints (default {experiment.default_workdir})",
     )
     existing = parser.add_mutually_exclusive_group()
@@ -85,7 +84,7 @@ def build_parser(experiment: Experiment) -> argparse.ArgumentParser:
 
 
 def _config(experiment: Experiment, args, parser: argparse.ArgumentParser):
-    config = experiment.quick_config() if args.quick else experiment.Config()
+    config = experiment.initial_config(args)
     overrides = {
         "seed": args.seed,
         "train_seed": args.train_seed,
@@ -111,6 +110,8 @@ def cli_main(experiment: Experiment, argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, run the experiment (or ``--evaluate``, ``--table``); the exit code."""
     parser = build_parser(experiment)
     args = parser.parse_args(argv)
+    if args.workdir is None:
+        args.workdir = experiment.default_workdir_for(args)
     interrupt_on_signals()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

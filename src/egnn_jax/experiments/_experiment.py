@@ -41,6 +41,7 @@ class ExperimentConfig:
         train_seed: initialisation and shuffling seed on the same data (None: `seed`).
         batch_size, learning_rate, weight_decay: Adam with coupled L2 (paper: 100, 5e-4,
             1e-12).
+        lr_schedule: ``"constant"`` (paper) or ``"cosine"`` (decay to 0 over the run).
         hidden_features, num_layers: width and depth of every network (paper: 64, 4).
 
     Every field belongs to a run's fingerprint except those in `RUN_FIELDS` (what to train
@@ -53,6 +54,7 @@ class ExperimentConfig:
     batch_size: int = 100
     learning_rate: float = 5e-4
     weight_decay: float = 1e-12
+    lr_schedule: str = "constant"
     hidden_features: int = 64
     num_layers: int = 4
 
@@ -62,6 +64,10 @@ class ExperimentConfig:
         object.__setattr__(self, "models", tuple(self.models))
         if not self.models or len(set(self.models)) != len(self.models):
             raise ValueError(f"models must be distinct names, got {self.models}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(
+                f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}"
+            )
         for name in ("batch_size", "hidden_features", "num_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -119,12 +125,17 @@ class ExperimentConfig:
 
 @dataclasses.dataclass
 class ExperimentData:
-    """Featurised splits (dicts of arrays with a leading sample axis) and their metadata."""
+    """Featurised splits (dicts of arrays with a leading sample axis) and their metadata.
+
+    `extra` holds evaluation-only data (e.g. a longer test set): not part of the fingerprint,
+    not written to metrics.json.
+    """
 
     train: dict
     valid: dict
     test: dict
     metadata: dict
+    extra: dict = dataclasses.field(default_factory=dict)
 
     def splits(self) -> dict[str, dict]:
         return {"train": self.train, "valid": self.valid, "test": self.test}
@@ -180,7 +191,7 @@ def model_fingerprint(spec: ModelSpec, data: ExperimentData) -> dict:
     keys = (*spec.inputs, "target")
     return {
         "model": spec.to_dict(),
-        "inputs": {s: batch_hash(b, keys) for s, b in data.splits().items()},
+        "inputs": {s: batch_hash(b, [k for k in keys if k in b]) for s, b in data.splits().items()},
     }
 
 
@@ -198,6 +209,7 @@ class Experiment:
             model's fingerprint also hashes the inputs it reads (`ModelSpec.inputs`), so
             adding a feature for a new model leaves the other runs valid.
         history_unit: ``"step"`` or ``"epoch"``, the x axis of the loss curves.
+        report_splits: the splits every model is scored on after training (`metrics`).
     """
 
     name: ClassVar[str]
@@ -207,6 +219,7 @@ class Experiment:
     default_workdir: ClassVar[Path]
     data_keys: ClassVar[tuple[str, ...]]
     history_unit: ClassVar[str] = "step"
+    report_splits: ClassVar[tuple[str, ...]] = ("valid", "test")
 
     # ---- declared by each experiment -------------------------------------------------------
     def quick_config(self) -> ExperimentConfig:
@@ -229,6 +242,14 @@ class Experiment:
         return [(n, metrics["models"][n]) for n in self.model_names if n in metrics["models"]]
 
     # ---- optional hooks --------------------------------------------------------------------
+    def initial_config(self, args) -> ExperimentConfig:
+        """The config the command line starts from, before its overrides."""
+        return self.quick_config() if args.quick else self.Config()
+
+    def default_workdir_for(self, args) -> Path:
+        """``--workdir``'s default (it may depend on other flags)."""
+        return self.default_workdir
+
     def add_arguments(self, parser) -> None:
         """Experiment-specific command-line flags."""
 
@@ -248,6 +269,14 @@ class Experiment:
         """Scores of one model on one split (default: the MSE of its prediction)."""
         pred = jax.jit(spec.predict)(params, batch)
         return {"mse": float(mse(pred, batch["target"]))}
+
+    def validation_data(self, config, data: ExperimentData) -> dict:
+        """What `val_loss` is computed on during training (default: the whole valid split)."""
+        return data.valid
+
+    def evaluation_output(self, config, scores: dict, batch: dict):
+        """What ``--evaluate`` prints (JSON), from ``{model: metrics}`` on the file's batch."""
+        return {name: s["mse"] if list(s) == ["mse"] else s for name, s in scores.items()}
 
     def extra_results(self, config, spec: ModelSpec, params, data: ExperimentData) -> dict:
         """More entries for a model's row of metrics.json (e.g. timings, equivariance)."""

@@ -43,6 +43,7 @@ from ._experiment import (
 )
 from ._models import ModelSpec, label
 from ._report import device, plot_loss_curves, steps_per_second, versions
+from ._step import make_optimizer
 from ._workdir import finished, prepare_workdir, read_metrics, saved_shared_fingerprint
 
 __all__ = ["evaluate_file", "train_and_evaluate"]
@@ -138,12 +139,10 @@ def train_and_evaluate(
         if not spec.trainable:
             t = time.perf_counter()
             params_of[name] = spec.init(None, data.train)
-            save_params(
-                best_dir(workdir, name),
-                params_of[name],
-                {"step": 0, "name": name, "fingerprint": fingerprint},
-            )
-            row["fit"] = {k: float(v) for k, v in params_of[name].items()}
+            if jax.tree.leaves(params_of[name]):  # fitted (the linear baseline's t)
+                meta = {"step": 0, "name": name, "fingerprint": fingerprint}
+                save_params(best_dir(workdir, name), params_of[name], meta)
+                row["fit"] = {k: float(v) for k, v in params_of[name].items()}
             wall["train"][name] = time.perf_counter() - t
         elif resume and finished(workdir, rows_before.get(name), config):
             old = rows_before[name]
@@ -155,7 +154,15 @@ def train_and_evaluate(
             row |= {"steps_this_session": 0, "resumed": True, "command": old.get("command")}
             wall["train"][name] = 0.0
         else:
-            runs[name] = _training_run(spec, key, data, config, workdir, fingerprint)
+            runs[name] = _training_run(
+                spec,
+                key,
+                data,
+                experiment.validation_data(config, data),
+                config,
+                workdir,
+                fingerprint,
+            )
             runs[name] |= {"resume": resume, "overwrite": overwrite, "progress": progress}
         rows[name] = row
 
@@ -176,6 +183,7 @@ def train_and_evaluate(
             "final_train_loss": res.history[-1]["train_loss"] if res.history else None,
             "steps_per_second": steps_per_second(res.history),
         }
+        rows[name]["train_seconds"] = res.wall_seconds
         wall["train"][name] = res.wall_seconds
 
     t = time.perf_counter()
@@ -185,7 +193,7 @@ def train_and_evaluate(
         if "steps_done" in rows[name]:
             rows[name]["best_epoch"] = rows[name]["best_step"] / config.steps_per_epoch
             rows[name]["epochs_done"] = rows[name]["steps_done"] / config.steps_per_epoch
-        for split in ("valid", "test"):
+        for split in experiment.report_splits:
             for metric, value in experiment.metrics(
                 config, spec, params, data.splits()[split]
             ).items():
@@ -224,19 +232,29 @@ def train_and_evaluate(
     return metrics
 
 
-def _training_run(spec: ModelSpec, key, data: ExperimentData, config, workdir, fingerprint):
+def _training_run(
+    spec: ModelSpec, key, data: ExperimentData, validation_data, config, workdir, fingerprint
+):
     """Keyword arguments of `train` for a trainable `spec`.
 
     The model's own initialisation and shuffling keys derive from `key` and its name, so
     adding or removing a model leaves the others' results unchanged.
     """
     k_init, k_shuffle = jax.random.split(jax.random.fold_in(key, zlib.crc32(spec.name.encode())))
+    schedule = {}
+    if config.lr_schedule == "cosine":
+        # The schedule's length is part of the run: extending it would change every step.
+        decay = config.num_steps
+        opt = make_optimizer(config.learning_rate, config.weight_decay, decay_steps=decay)
+        schedule = {"optimizer": opt}
+        fingerprint = fingerprint | {"optimizer": {"schedule": "cosine", "decay_steps": decay}}
     return dict(
+        **schedule,
         loss_fn=spec.loss,
         params=spec.init(k_init, jax.tree.map(lambda a: a[:1], data.train)),
         train_data=data.train,
         eval_fn=spec.evaluate,
-        val_data=data.valid,
+        val_data=validation_data,
         key=k_shuffle,
         num_steps=config.num_steps,
         batch_size=config.batch_size,
@@ -254,7 +272,8 @@ def evaluate_file(experiment: Experiment, workdir: str | Path, path: str | Path)
     """Score every model of the run in `workdir` on a file (``--evaluate``).
 
     Returns:
-        ``{model: score}`` (the experiment's `metrics` on the file; the MSE by default).
+        What the experiment's `evaluation_output` makes of each model's `metrics` on the file
+        (by default ``{model: MSE}``).
 
     Raises:
         FileNotFoundError: no metrics.json or best parameters in `workdir`.
@@ -270,10 +289,10 @@ def evaluate_file(experiment: Experiment, workdir: str | Path, path: str | Path)
         )
     config = experiment.Config.from_dict(metrics["config"])
     batch = experiment.read_evaluation_file(config, Path(path))
-    out = {}
-    for name in metrics["models"]:
+    scores = {}
+    for name, _ in experiment.ordered_rows(metrics):
         spec = experiment.model_spec(name, config)
-        params, _ = load_params(best_dir(workdir, name), _like(spec, batch))
-        scores = experiment.metrics(config, spec, params, batch)
-        out[name] = scores["mse"] if list(scores) == ["mse"] else scores
-    return out
+        like = _like(spec, batch)
+        params = load_params(best_dir(workdir, name), like)[0] if jax.tree.leaves(like) else like
+        scores[name] = experiment.metrics(config, spec, params, batch)
+    return experiment.evaluation_output(config, scores, batch)

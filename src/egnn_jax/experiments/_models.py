@@ -21,7 +21,9 @@ featurisation. Each model kind reads only its own inputs (`ModelKind.inputs`):
 Kinds (`MODEL_KINDS`): ``linear`` (x0 + t v0 with one scalar t, *fitted* by least squares, not
 trained), ``gnn`` (`GNN`), ``radial_field`` (`RadialField`), ``egnn`` (`egnn_jax.apply` under
 `jax.vmap`; options are `EGNNConfig` fields, e.g. ``velocity=True`` for eq. 7). Named presets
-(`PRESETS`): ``linear``, ``gnn``, ``radial_field``, ``egnn``, ``egnn_vel``.
+(`PRESETS`): ``linear``, ``gnn``, ``radial_field``, ``egnn``, ``egnn_vel``. The learned
+simulators of `_rollout_models` (``step``, ``force_field``, ``potential``, ``one_shot``, ...)
+are kinds of the same registry, over batches of whole trajectories.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import numpy as np
 import egnn_jax
 
 from ._baselines import GNN, RadialField
+from ._rollout_models import ROLLOUT_KINDS
 
 __all__ = [
     "MODEL_KINDS",
@@ -143,6 +146,7 @@ MODEL_KINDS: dict[str, Any] = {
     "gnn": _GNN(),
     "radial_field": _RadialField(),
     "egnn": _EGNN(),
+    **ROLLOUT_KINDS,  # learned simulators over whole trajectories (`_rollout_models`)
 }
 
 # Experiment-facing names -> (kind, options, label).
@@ -182,8 +186,11 @@ class ModelSpec:
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"kind must be one of {tuple(MODEL_KINDS)}, got {self.kind!r}")
         object.__setattr__(self, "options", tuple(sorted(dict(self.options).items())))
-        if self.kind == "egnn":
-            MODEL_KINDS["egnn"].config(self)  # validates the options now, not at first use
+        impl = MODEL_KINDS[self.kind]
+        if hasattr(impl, "validate"):
+            impl.validate(self)  # the options are checked now, not at first use
+        elif self.kind == "egnn":
+            impl.config(self)
         elif self.options:
             raise ValueError(f"kind {self.kind!r} takes no options, got {dict(self.options)}")
 
@@ -220,13 +227,23 @@ class ModelSpec:
         return self._impl.predict(self, params, batch)
 
     def loss(self, params, batch, info) -> jax.Array:
-        """Training loss: the MSE of the prediction (`info`, a `StepInfo`, is unused)."""
-        del info
+        """Training loss: the kind's own, else the MSE of the prediction (`info` is a
+        `StepInfo`: the step's key and index)."""
+        if hasattr(self._impl, "loss"):
+            return self._impl.loss(self, params, batch, info)
         return mse(self.predict(params, batch), batch["target"])
 
     def evaluate(self, params, batch) -> dict[str, jax.Array]:
         """Validation metrics; ``val_loss`` selects the best checkpoint."""
+        if hasattr(self._impl, "evaluate"):
+            return self._impl.evaluate(self, params, batch)
         return {"val_loss": mse(self.predict(params, batch), batch["target"])}
+
+    def trajectory(self, params, state, num_steps: int):
+        """Learned simulators: roll one system out from `state` (`egnn_jax.dynamics.State`)
+        for `num_steps` saved intervals; ``(xs, vs)`` `[num_steps + 1, M, n]` (`vs` None
+        for models that predict no velocities)."""
+        return self._impl.trajectory(self, params, state, num_steps)
 
 
 def model_spec(name: str, hidden_features: int = 64, num_layers: int = 4) -> ModelSpec:

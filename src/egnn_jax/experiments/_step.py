@@ -78,19 +78,25 @@ def step_key(key: jax.Array, step) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=32)
-def make_optimizer(learning_rate: float = 5e-4, weight_decay: float = 1e-12):
+def make_optimizer(
+    learning_rate: float = 5e-4, weight_decay: float = 1e-12, decay_steps: int | None = None
+):
     """Adam with L2 regularisation added to the gradient (``torch.optim.Adam(weight_decay=..)``).
 
     Arguments:
-        learning_rate: Adam step size.
+        learning_rate: Adam step size (the initial one with `decay_steps`).
         weight_decay: coefficient of the ``weight_decay * params`` term added to the
             gradient *before* the Adam moments (coupled L2, not AdamW's decoupled decay).
+        decay_steps: decay the step size to 0 along a cosine over this many steps; None:
+            constant.
 
     Returns:
         An ``optax.GradientTransformation``. It runs on the parameters flattened into one
         vector (`optax.flatten`): the same arithmetic, but one fused update instead of a few
         small kernels per parameter leaf, which matters for small models on a CPU.
     """
+    if decay_steps is not None:
+        learning_rate = optax.cosine_decay_schedule(learning_rate, decay_steps)
     return optax.flatten(
         optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
     )

@@ -17,6 +17,7 @@ from ._cache import charged_splits as charged_splits
 from ._cache import load_or_simulate as load_or_simulate
 from ._charged import SAMPLERS as SAMPLERS
 from ._charged import ChargedConfig as ChargedConfig
+from ._charged import charged_energy as charged_energy
 from ._charged import charged_forces as charged_forces
 from ._charged import charged_trajectory as charged_trajectory
 from ._charged import sample_charged_initial_conditions as sample_charged_initial_conditions

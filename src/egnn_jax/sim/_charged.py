@@ -22,6 +22,7 @@ from ._kernels import inverse_sqrt
 __all__ = [
     "SAMPLERS",
     "ChargedConfig",
+    "charged_energy",
     "charged_forces",
     "charged_trajectory",
     "sample_charged_initial_conditions",
@@ -55,6 +56,31 @@ def charged_forces(x, charges, interaction_strength=1.0, max_force=100.0):
             force[i] = force[i] + f
             force[j] = force[j] - f
     return jnp.clip(jnp.stack(force), -max_force, max_force)
+
+
+def charged_energy(x, v, charges, interaction_strength=1.0):
+    """Total energy ``Σ ½ v² + k Σ_{i<j} q_i q_j / ‖x_i − x_j‖`` (unit masses).
+
+    The potential of the unclipped Coulomb force: the clipping at ``max_force`` makes the
+    simulated dynamics conserve it only between close encounters.
+
+    Arguments:
+        x, v: ``[M, dim, *batch]``.
+        charges: ``[M, *batch]``.
+        interaction_strength: k.
+
+    Returns:
+        Energy ``[*batch]``.
+    """
+    n = x.shape[0]
+    kinetic = 0.5 * sum(jnp.sum(v[i] * v[i], axis=0) for i in range(n))
+    potential = 0.0
+    for i in range(n):
+        for j in range(i + 1, n):
+            d = x[i] - x[j]
+            inv_r = inverse_sqrt(jnp.sum(d * d, axis=0))
+            potential = potential + interaction_strength * charges[i] * charges[j] * inv_r
+    return kinetic + potential
 
 
 def _run(x, v, charges, *, n_frames, save_every, dt, interaction_strength, max_force):

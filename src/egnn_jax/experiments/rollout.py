@@ -1,0 +1,576 @@
+"""Long-horizon rollouts: learned simulators that do not diverge (the seed study's first failure).
+
+    python -m egnn_jax.experiments.rollout                        # three-body, all models
+    python -m egnn_jax.experiments.rollout --system charged       # the N-body paper task
+    python -m egnn_jax.experiments.rollout --quick --workdir /tmp/r
+    python -m egnn_jax.experiments.rollout --evaluate FILE.npz    # [--system charged]
+
+Three-body: the seed's 10,000 systems (8,000 / 1,000 / 1,000), every one of the 500 saved
+frames (t in [0, 2], spacing 2/499); a longer test set of 1,000 other systems to t = 8 with
+the same spacing measures extrapolation. Charged N-body: the EGNN paper's data (the reference
+generator's stream, seed 43; 3,000 / 2,000 / 2,000 systems), frames 30 to 40. Every model
+starts from the first state and predicts every later saved frame:
+
+``linear`` (constant velocity, the floor), ``one_shot`` (EGNN-vel from the first state to
+each horizon, the horizon an input), ``naive_step`` (a step model trained on one-step
+pairs), ``multi_step`` (the same model trained by backpropagation through windows of K
+steps, K growing by curriculum, with noise injection), ``force_field`` (an EGNN acceleration
+integrated by leapfrog, trained through the solver on windows), ``potential`` (a learned
+invariant potential, forces by autodiff, leapfrog: energy conserved by construction) and
+``true_simulator`` (the physics itself integrated the same way, the ceiling). See
+`_rollout_models` for the kinds and their losses.
+
+``--evaluate FILE.npz`` takes a simulator output (``x [N, T, M, dim]``, ``v``, ``t``, and
+``masses`` or ``charges``; longer than the training trajectories is fine, with the same
+spacing) and prints ``{"t": [...], "models": {name: {"mse": [...], "energy_rel_err": [...]
+or null}}}``: the position MSE at every saved time and the median relative error of the
+true system's energy computed from the predicted state. A model that diverges reports
+Infinity from that time on, and the log names the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from egnn_jax import sim
+from egnn_jax.dynamics import State
+
+from ._cli import entry_points
+from ._experiment import (
+    EvaluationFileError,
+    Experiment,
+    ExperimentConfig,
+    ExperimentData,
+    load_npz,
+)
+from ._models import ModelSpec
+from ._report import markdown_table
+from ._rollout_models import diverged_from
+from ._rollout_plots import plot_curves, plot_trajectories
+
+__all__ = ["EXPERIMENT", "MODEL_NAMES", "RolloutConfig", "evaluate_file", "main"]
+
+logger = logging.getLogger(__name__)
+
+SYSTEMS = ("three-body", "charged")
+MODEL_NAMES = (
+    "linear",
+    "one_shot",
+    "naive_step",
+    "multi_step",
+    "force_field",
+    "potential",
+    "true_simulator",
+)
+LABELS = {
+    "linear": "Linear (constant velocity)",
+    "one_shot": "One-shot EGNN-vel",
+    "naive_step": "Step model, one-step loss",
+    "multi_step": "Step model, multi-step loss",
+    "force_field": "Force field",
+    "potential": "Learned potential",
+    "true_simulator": "True simulator",
+}
+VALID_TIME_THRESHOLD = 0.1  # a system's MSE above this ends its "valid time"
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig(ExperimentConfig):
+    """The rollout experiment (defaults: three-body; `charged_config` for the N-body task).
+
+    Attributes (besides `ExperimentConfig`'s):
+        system: ``"three-body"`` or ``"charged"``.
+        n_train, n_valid, n_test: systems per split.
+        n_saved, t_end: three-body frames and horizon of the training trajectories.
+        long_t_end, n_long_test, long_test_seed: the longer three-body test set (same
+            spacing, other systems).
+        G, softening: the three-body physics (for the true simulator and the energy).
+        sampler, first_frame, last_frame: the charged data (the reference generator's
+            stream) and the frames used (30 to 40: the paper's task).
+        iterations, eval_interval: optimisation steps per model, steps between validations
+            (the learning rate decays along a cosine over the run: `lr_schedule`).
+        window, curriculum_steps, noise: the multi-step models' unroll length K, the steps
+            over which K grows from 1, and the noise added to each window's first state.
+        force_layers, substeps: depth of the force-field and potential EGNNs; leapfrog steps
+            per saved interval.
+        n_val_rollout: validation systems rolled out to select the best step.
+    """
+
+    models: tuple[str, ...] = MODEL_NAMES
+    lr_schedule: str = "cosine"
+    system: str = "three-body"
+    n_train: int = 8_000
+    n_valid: int = 1_000
+    n_test: int = 1_000
+    n_saved: int = 500
+    t_end: float = 2.0
+    long_t_end: float = 8.0
+    n_long_test: int = 1_000
+    long_test_seed: int = 1
+    G: float = 1.0
+    softening: float = 0.1
+    sampler: str = "numpy-legacy"
+    first_frame: int = 30
+    last_frame: int = 40
+    iterations: int = 6_000
+    eval_interval: int = 500
+    window: int = 8
+    curriculum_steps: int = 3_000
+    noise: float = 0.003
+    force_layers: int = 2
+    substeps: int = 1
+    n_val_rollout: int = 200
+
+    RUN_FIELDS: ClassVar[tuple[str, ...]] = (
+        "models",
+        "iterations",
+        "long_t_end",
+        "n_long_test",
+        "long_test_seed",
+    )
+
+    def __post_init__(self):
+        if self.system not in SYSTEMS:
+            raise ValueError(f"system must be one of {SYSTEMS}, got {self.system!r}")
+        if self.sampler not in sim.SAMPLERS:
+            raise ValueError(f"sampler must be one of {sim.SAMPLERS}, got {self.sampler!r}")
+        for name in ("n_train", "n_valid", "n_test", "iterations", "eval_interval", "window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_train < self.batch_size:
+            raise ValueError(f"n_train={self.n_train} < batch_size={self.batch_size}")
+        if self.window >= self.frames:
+            raise ValueError(f"window={self.window} needs more than {self.window} frames")
+        if self.system == "three-body" and self.long_t_end <= self.t_end:
+            raise ValueError("long_t_end must exceed t_end")
+        super().__post_init__()
+
+    @property
+    def frames(self) -> int:
+        """Saved frames per training trajectory."""
+        if self.system == "three-body":
+            return self.n_saved
+        return self.last_frame - self.first_frame + 1
+
+    @property
+    def dt(self) -> float:
+        """Time between saved frames."""
+        if self.system == "three-body":
+            return self.t_end / (self.n_saved - 1)
+        charged = sim.ChargedConfig()
+        return charged.dt * charged.save_every
+
+    @property
+    def n_long_saved(self) -> int:
+        return round(self.long_t_end / self.dt) + 1
+
+    @property
+    def num_steps(self) -> int:
+        return self.iterations
+
+    @property
+    def eval_every(self) -> int:
+        return math.gcd(self.iterations, self.eval_interval)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n_train // self.batch_size
+
+
+def charged_config() -> RolloutConfig:
+    """The charged N-body paper task: frames 30 -> 40 on the paper's data.
+
+    The multi-step models unroll the whole task (K = 10 saved intervals); the force field
+    takes 4 leapfrog steps per interval. The learned potential is left out here: training it
+    through 40 solver steps of second derivatives costs more than this CPU affords.
+    """
+    return RolloutConfig(
+        models=tuple(m for m in MODEL_NAMES if m != "potential"),
+        system="charged",
+        seed=43,
+        n_train=3_000,
+        n_valid=2_000,
+        n_test=2_000,
+        iterations=10_000,
+        window=10,
+        substeps=4,
+    )
+
+
+def quick_config(system: str = "three-body") -> RolloutConfig:
+    """A smoke run of the whole pipeline (under a minute on a CPU)."""
+    common = dict(
+        n_train=100,
+        n_valid=20,
+        n_test=20,
+        iterations=60,
+        eval_interval=30,
+        batch_size=50,
+        hidden_features=16,
+        num_layers=2,
+        force_layers=1,
+        window=3,
+        curriculum_steps=30,
+        n_val_rollout=20,
+        learning_rate=1e-3,
+    )
+    if system == "charged":
+        return dataclasses.replace(charged_config(), **common, substeps=2)
+    dt = RolloutConfig().dt
+    return RolloutConfig(
+        **common, n_saved=60, t_end=59 * dt, long_t_end=4 * 59 * dt, n_long_test=10
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------
+
+
+def _batch(x, v, node) -> dict:
+    """Trajectories ``x``, ``v`` `[N, T, M, n]` and node attributes `[N, M]` as a batch."""
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    return {"x": f32(x), "v": f32(v), "h": f32(node)[..., None]}
+
+
+def _three_body(config: RolloutConfig, data_dir: Path, progress) -> ExperimentData:
+    sizes = (config.n_train, config.n_valid, config.n_test)
+    cfg = sim.ThreeBodyConfig(
+        n_trajectories=sum(sizes),
+        n_saved=config.n_saved,
+        t_end=config.t_end,
+        G=config.G,
+        softening=config.softening,
+        seed=config.seed,
+    )
+    ds = sim.load_or_simulate(cfg, data_dir, progress=bool(progress))
+    bounds = np.cumsum([0, *sizes])
+    splits = [
+        _batch(*(a[bounds[i] : bounds[i + 1]] for a in (ds.x, ds.v, ds.masses))) for i in range(3)
+    ]
+    long_cfg = dataclasses.replace(
+        cfg,
+        n_trajectories=config.n_long_test,
+        n_saved=config.n_long_saved,
+        t_end=config.long_t_end,
+        seed=config.long_test_seed,
+    )
+    long = sim.load_or_simulate(long_cfg, data_dir, progress=bool(progress))
+    metadata = {
+        "dt": config.dt,
+        "frames": config.frames,
+        "simulator": {k: ds.metadata.get(k) for k in ("content_hash", "n_refined", "n_rejected")},
+        "long_test": {
+            "t_end": config.long_t_end,
+            "frames": config.n_long_saved,
+            **{k: long.metadata.get(k) for k in ("content_hash", "n_refined", "n_rejected")},
+        },
+    }
+    extra = {"long_test": _batch(long.x, long.v, long.masses)}
+    return ExperimentData(*splits, metadata, extra)
+
+
+def _charged(config: RolloutConfig, data_dir: Path, progress) -> ExperimentData:
+    frames = slice(config.first_frame, config.last_frame + 1)
+    splits, metadata = [], {"dt": config.dt, "frames": config.frames}
+    for split, n in (("train", config.n_train), ("valid", config.n_valid), ("test", config.n_test)):
+        ds = sim.charged_split(
+            data_dir,
+            split,
+            n_train=10_000,
+            n_valid=config.n_valid,
+            n_test=config.n_test,
+            seed=config.seed,
+            progress=bool(progress),
+            sampler=config.sampler,
+        )
+        splits.append(_batch(ds.x[:n, frames], ds.v[:n, frames], ds.charges[:n]))
+        metadata[split] = {"content_hash": ds.metadata.get("content_hash")}
+    return ExperimentData(*splits, metadata)
+
+
+def _energy(config: RolloutConfig, x, v, h) -> jax.Array:
+    """The true system's energy of states ``x``, ``v`` `[B, T, M, n]`, ``h`` `[B, M, 1]`:
+    returns `[B, T]`."""
+    layout = lambda a: jnp.moveaxis(a, (0, 1), (-2, -1))  # [M, n, B, T]
+    node = jnp.moveaxis(h[..., 0], 0, -1)[..., None]  # [M, B, 1]
+    if config.system == "three-body":
+        return sim.gravity_energy(layout(x), layout(v), node, config.G, config.softening)
+    return sim.charged_energy(layout(x), layout(v), node)
+
+
+# --------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def _roller(spec: ModelSpec, num_steps: int):
+    return jax.jit(jax.vmap(lambda p, s: spec.trajectory(p, s, num_steps), in_axes=(None, 0)))
+
+
+def _at(curve, dt: float, times) -> dict[str, float]:
+    return {f"{t:g}": float(curve[round(t / dt)]) for t in times if round(t / dt) < len(curve)}
+
+
+def rollout_metrics(config: RolloutConfig, spec: ModelSpec, params, batch: dict) -> dict:
+    """Roll every system of `batch` out from its first state; scores per saved time.
+
+    Returns:
+        ``mse_curve`` (position MSE over systems, bodies and coordinates at every saved time;
+        Infinity from the first time any system diverged), ``energy_curve`` (median over
+        systems of the true energy's relative error, or None without velocities), the same
+        at the report times (``mse_at``, ``energy_rel_err_at``), ``mse`` (at the last
+        frame), ``trajectory_mse`` (averaged over the frames after the first),
+        ``valid_time_median`` (median over systems of the first time the system's MSE exceeds
+        0.1; the horizon if never) and ``diverged_fraction``.
+    """
+    xs_true, vs_true, h = batch["x"], batch["v"], batch["h"]
+    num_steps = xs_true.shape[1] - 1
+    xs, vs = _roller(spec, num_steps)(params, State(xs_true[:, 0], vs_true[:, 0], h))
+    start = diverged_from(xs, vs)  # [B]
+    times = jnp.arange(num_steps + 1)
+    gone = times[None, :] >= start[:, None]  # [B, T]
+    if jnp.any(start <= num_steps):
+        first = int(jnp.min(start))
+        logger.warning(
+            "%s diverged in %d of %d systems, first at step %d (t = %.4g)",
+            spec.name,
+            int(jnp.sum(start <= num_steps)),
+            len(start),
+            first,
+            first * config.dt,
+        )
+    # Diverged states are replaced by the true ones before any arithmetic (so no NaN is
+    # ever made, not even under jax_debug_nans), then their scores by Infinity.
+    safe = lambda pred, true: jnp.where(gone[:, :, None, None], true, pred)
+    per_system = jnp.mean((safe(xs, xs_true) - xs_true) ** 2, axis=(2, 3))  # [B, T]
+    per_system = jnp.where(gone, jnp.inf, per_system)
+    mse_curve = jnp.mean(per_system, axis=0)
+    energy_curve = None
+    if vs is not None:
+        e_true = _energy(config, xs_true, vs_true, h)
+        e_pred = _energy(config, safe(xs, xs_true), safe(vs, vs_true), h)
+        rel = jnp.where(gone, jnp.inf, jnp.abs(e_pred - e_true) / jnp.abs(e_true))
+        energy_curve = np.asarray(jnp.median(rel, axis=0))
+    exceeds = per_system > VALID_TIME_THRESHOLD
+    first_bad = jnp.where(jnp.any(exceeds, axis=1), jnp.argmax(exceeds, axis=1), num_steps)
+    mse_curve = np.asarray(mse_curve)
+    report = (0.5, 1, 2, 4, 8) if config.system == "three-body" else (0.5, 1)
+    return {
+        "mse": float(mse_curve[-1]),
+        "trajectory_mse": float(np.mean(mse_curve[1:])),
+        "mse_at": _at(mse_curve, config.dt, report),
+        "energy_rel_err_at": None if energy_curve is None else _at(energy_curve, config.dt, report),
+        "valid_time_median": float(np.median(np.asarray(first_bad))) * config.dt,
+        "diverged_fraction": float(jnp.mean(start <= num_steps)),
+        "mse_curve": mse_curve.tolist(),
+        "energy_curve": None if energy_curve is None else energy_curve.tolist(),
+    }
+
+
+# --------------------------------------------------------------------------------------
+# The experiment
+# --------------------------------------------------------------------------------------
+
+
+class Rollout(Experiment):
+    name = "rollout"
+    description = "Long-horizon rollouts of learned simulators"
+    Config = RolloutConfig
+    model_names = MODEL_NAMES
+    default_workdir = Path("experiments/results/rollout/three_body")
+    data_keys = ("x", "v", "h")
+    # Validation rollouts select the best step during training; the test split is reported.
+    report_splits = ("test",)
+
+    def quick_config(self):
+        return quick_config()
+
+    def initial_config(self, args):
+        system = args.system or "three-body"
+        if args.quick:
+            return quick_config(system)
+        return charged_config() if system == "charged" else RolloutConfig()
+
+    def default_workdir_for(self, args):
+        system = args.system or "three-body"
+        return Path("experiments/results/rollout") / system.replace("-", "_")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--system", choices=SYSTEMS, help="three-body (default) or charged")
+        parser.add_argument("--iterations", type=int, help="optimisation steps per model")
+        parser.add_argument("--window", type=int, help="unroll length K of the multi-step models")
+
+    def config_overrides(self, args):
+        return {"iterations": args.iterations, "window": args.window}
+
+    def model_spec(self, name, config):
+        dt = config.dt
+        width, depth = config.hidden_features, config.num_layers
+        multi = {
+            "dt": dt,
+            "window": config.window,
+            "curriculum_steps": config.curriculum_steps,
+            "noise": config.noise,
+            "edge_features": "inverse",
+        }
+        if name == "linear":
+            return ModelSpec(name, "constant_velocity", options={"dt": dt}.items())
+        if name == "true_simulator":
+            physics = {"dt": dt, "system": config.system}
+            if config.system == "three-body":
+                physics |= {"G": config.G, "softening": config.softening}
+            return ModelSpec(name, "true_simulator", options=physics.items())
+        if name == "one_shot":  # the seed's EGNN-vel features: |v|, the horizon, |x_i - x_j|
+            options = {"dt": dt, "edge_features": "distance"}
+            return ModelSpec(name, "one_shot", width, depth, options.items())
+        if name == "naive_step":
+            options = {"dt": dt, "edge_features": "inverse"}
+            return ModelSpec(name, "step", width, depth, options.items())
+        if name == "multi_step":
+            return ModelSpec(name, "step", width, depth, multi.items())
+        kind = {"force_field": "force_field", "potential": "potential"}[name]
+        options = multi | {"substeps": config.substeps}
+        return ModelSpec(name, kind, width, config.force_layers, options.items())
+
+    def load_data(self, config, data_dir, progress):
+        if config.system == "three-body":
+            return _three_body(config, data_dir, progress)
+        return _charged(config, data_dir, progress)
+
+    def validation_data(self, config, data):
+        return jax.tree.map(lambda a: a[: config.n_val_rollout], data.valid)
+
+    def metrics(self, config, spec, params, batch):
+        return rollout_metrics(config, spec, params, batch)
+
+    def extra_results(self, config, spec, params, data):
+        if "long_test" not in data.extra:
+            return {}
+        scores = rollout_metrics(config, spec, params, data.extra["long_test"])
+        return {f"long_{k}": v for k, v in scores.items()}
+
+    def read_evaluation_file(self, config, path):
+        node_key = "masses" if config.system == "three-body" else "charges"
+        f = load_npz(path, ("x", "v", "t", node_key))
+        x, v, t, node = f["x"], f["v"], f["t"], f[node_key]
+        problem = None
+        if x.ndim != 4 or v.shape != x.shape:
+            problem = f"x and v must be [N, T, M, dim], got {x.shape} and {v.shape}"
+        elif t.shape != x.shape[1:2] or x.shape[1] < 2:
+            problem = f"t must be [T] with T = {x.shape[1]} >= 2, got {t.shape}"
+        elif not np.allclose(np.diff(t), config.dt, rtol=1e-5, atol=0):
+            problem = (
+                f"the saved-time spacing must be the training one, {config.dt:.6g}; "
+                f"got {np.diff(t).min():.6g} to {np.diff(t).max():.6g}"
+            )
+        elif node.shape not in ((x.shape[0], x.shape[2]), (x.shape[2],)):
+            problem = f"{node_key} must be [N, M] or [M], got {node.shape}"
+        elif not all(np.all(np.isfinite(a)) for a in (x, v, t, node)):
+            problem = "the file has NaN or infinite entries"
+        if problem:
+            raise EvaluationFileError(f"{path}: {problem}")
+        node = np.broadcast_to(node, (x.shape[0], x.shape[2]))
+        return _batch(x, v, node) | {"t": jnp.asarray(t - t[0], jnp.float32)}
+
+    def evaluation_output(self, config, scores, batch):
+        return {
+            "t": np.asarray(batch["t"]).tolist(),
+            "models": {
+                name: {"mse": s["mse_curve"], "energy_rel_err": s["energy_curve"]}
+                for name, s in scores.items()
+            },
+        }
+
+    def plots(self, workdir, config, metrics, params, data):
+        plot_curves(workdir, config, metrics, LABELS)
+        test = data.test
+        num_steps = test["x"].shape[1] - 1
+        first = State(test["x"][:, 0], test["v"][:, 0], test["h"])
+        predicted = {  # the rollouts `metrics` compiled, on the same split
+            name: np.asarray(
+                _roller(self.model_spec(name, config), num_steps)(params[name], first)[0][:3]
+            )
+            for name in MODEL_NAMES
+            if name in params
+        }
+        plot_trajectories(workdir / "trajectories.png", config, predicted, test, LABELS)
+
+    def format_table(self, metrics):
+        config = RolloutConfig.from_dict(metrics["config"])
+        rows = []
+        if config.system == "three-body":
+            header = [
+                "model",
+                *(f"MSE t={t}" for t in (0.5, 1, 2, 4, 8)),
+                "energy err t=2",
+                "t=8",
+                "valid time",
+                "train min",
+            ]
+        else:
+            header = [
+                "model",
+                "trajectory MSE (frames 31-40)",
+                "MSE frame 40",
+                "energy err frame 40",
+                "train min",
+            ]
+        for name, r in self.ordered_rows(metrics):
+            train = r.get("train_seconds")
+            minutes = "-" if not train else f"{train / 60:.1f}"
+            energy = r.get("test_energy_rel_err_at") or {}
+            long_energy = r.get("long_energy_rel_err_at") or {}
+            if config.system == "three-body":
+                at = {**r["test_mse_at"], **(r.get("long_mse_at") or {})}
+                rows.append(
+                    [
+                        LABELS[name],
+                        *(_fmt(at.get(k)) for k in ("0.5", "1", "2", "4", "8")),
+                        _fmt(energy.get("2"), pct=True),
+                        _fmt(long_energy.get("8"), pct=True),
+                        f"{r['test_valid_time_median']:.2f}",
+                        minutes,
+                    ]
+                )
+            else:
+                curve = r.get("test_energy_curve")
+                rows.append(
+                    [
+                        LABELS[name],
+                        _fmt(r["test_trajectory_mse"]),
+                        _fmt(r["test_mse"]),
+                        "-" if curve is None else _fmt(curve[-1], pct=True),
+                        minutes,
+                    ]
+                )
+        return markdown_table(header, rows)
+
+
+def _fmt(value, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    if not math.isfinite(value):
+        return "diverged"
+    return f"{100 * value:.2g}%" if pct else f"{value:.3g}"
+
+
+EXPERIMENT = Rollout()
+# The module's API: ``train_and_evaluate(config, workdir, ...)``, ``evaluate_file(workdir,
+# path)`` and ``main(argv)`` (the command line), all with EXPERIMENT bound.
+train_and_evaluate, evaluate_file, main = entry_points(EXPERIMENT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

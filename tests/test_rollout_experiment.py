@@ -1,0 +1,224 @@
+"""The rollout experiment end to end (--quick), its --evaluate contract and its metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from egnn_jax.experiments import rollout
+from egnn_jax.experiments._cli import build_parser
+from egnn_jax.experiments._models import ModelSpec
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TRAINED = ("one_shot", "naive_step", "multi_step", "force_field", "potential")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("rollout_data")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, data_dir):
+    workdir = tmp_path_factory.mktemp("rollout")
+    argv = ["--quick", "--workdir", str(workdir), "--data-dir", str(data_dir), "--no-progress"]
+    assert rollout.main(argv) == 0
+    return workdir, json.loads((workdir / "metrics.json").read_text())
+
+
+def test_quick_run_reports_every_model_along_time(quick_run):
+    workdir, metrics = quick_run
+    cfg = rollout.quick_config()
+    assert list(metrics["config"]["models"]) == list(rollout.MODEL_NAMES)
+    for name, row in metrics["models"].items():
+        assert len(row["test_mse_curve"]) == cfg.frames, name
+        assert row["test_mse_curve"][0] == pytest.approx(0.0, abs=1e-12), name  # the first state
+        assert len(row["long_mse_curve"]) == cfg.n_long_saved, name
+        assert set(row["long_mse_at"]) == {"0.5"}, name  # the quick long set ends at t = 0.95
+        has_velocity = name != "one_shot"
+        assert (row["test_energy_curve"] is not None) == has_velocity, name
+        if name in TRAINED:
+            assert (workdir / "best" / name).is_dir() and row["steps_done"] == cfg.iterations
+            assert row["train_seconds"] > 0
+    # The ceiling integrates the physics exactly as the data was made (to float32).
+    assert metrics["models"]["true_simulator"]["test_mse"] < 1e-9
+    assert metrics["models"]["true_simulator"]["long_energy_rel_err_at"]["0.5"] < 1e-5
+    # Constant velocity keeps the kinetic energy and loses the potential's changes.
+    assert metrics["models"]["linear"]["test_mse"] > 1e-4
+    for png in ("mse_vs_time.png", "energy_vs_time.png", "trajectories.png", "loss_curves.png"):
+        data = (workdir / png).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 10_000, png
+    table = rollout.EXPERIMENT.format_table(metrics)
+    assert table.splitlines()[0].startswith("| model | MSE t=0.5 |")
+    assert "| True simulator |" in table
+
+
+def _env():
+    env = dict(os.environ)
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    return env
+
+
+def test_evaluate_prints_the_contract_on_a_longer_file(quick_run, tmp_path):
+    workdir, metrics = quick_run
+    cfg = rollout.quick_config()
+    path = tmp_path / "long.npz"
+    n_saved = 2 * cfg.n_saved - 1  # twice the training horizon, the same spacing
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "egnn_jax.sim",
+            "three-body",
+            "--n",
+            "6",
+            "--seed",
+            "9",
+            "--t-end",
+            repr(2 * cfg.t_end),
+            "--n-saved",
+            str(n_saved),
+            "--no-progress",
+            "--out",
+            str(path),
+        ],
+        check=True,
+        env=_env(),
+        capture_output=True,
+        timeout=300,
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "egnn_jax.experiments.rollout",
+            "--workdir",
+            str(workdir),
+            "--evaluate",
+            str(path),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert set(result) == {"t", "models"}
+    assert len(result["t"]) == n_saved and result["t"][0] == 0.0
+    assert result["t"][1] == pytest.approx(cfg.dt, rel=1e-5)
+    assert set(result["models"]) == set(rollout.MODEL_NAMES)
+    for name, scores in result["models"].items():
+        assert len(scores["mse"]) == n_saved, name
+        assert all(isinstance(m, float) and not math.isnan(m) for m in scores["mse"]), name
+        energy = scores["energy_rel_err"]
+        assert (energy is None) == (name == "one_shot"), name
+        if energy is not None:
+            assert len(energy) == n_saved
+    assert max(result["models"]["true_simulator"]["mse"]) < 1e-8
+    # The same numbers in-process.
+    again = rollout.evaluate_file(workdir, path)
+    np.testing.assert_allclose(
+        again["models"]["force_field"]["mse"], result["models"]["force_field"]["mse"], rtol=1e-4
+    )
+
+
+def test_evaluate_rejects_bad_files(quick_run, tmp_path, capsys):
+    workdir, _ = quick_run
+    x = np.zeros((2, 5, 3, 2), np.float32)
+    cases = {
+        "spacing": dict(x=x, v=x, t=np.linspace(0, 1, 5), masses=np.ones((2, 3))),
+        "masses": dict(x=x, v=x, t=np.arange(5) * rollout.quick_config().dt, masses=np.ones(4)),
+        "missing": dict(x=x, v=x, masses=np.ones(3)),
+    }
+    messages = {
+        "spacing": "the saved-time spacing must be the training one",
+        "masses": "masses must be [N, M] or [M]",
+        "missing": "lacks the arrays ['t']",
+    }
+    for case, arrays in cases.items():
+        path = tmp_path / f"{case}.npz"
+        np.savez(path, **arrays)
+        rc = rollout.main(["--workdir", str(workdir), "--evaluate", str(path)])
+        err = capsys.readouterr().err
+        assert rc == 1 and messages[case] in err and len(err.strip().splitlines()) == 1, case
+
+
+def test_a_diverging_model_reports_infinity_from_the_step_it_left(caplog):
+    """Constant velocity with an absurd time step leaves the bounded region after a few
+    steps: its MSE is Infinity from then on (never NaN, never a shorter list)."""
+    cfg = rollout.quick_config()
+    spec = ModelSpec("fast", "constant_velocity", options={"dt": 200.0}.items())
+    x = jnp.zeros((2, 8, 3, 2)).at[:, :, 0, 0].set(1.0)
+    v = jnp.ones((2, 8, 3, 2)).at[1].set(0.1)
+    batch = {"x": x, "v": v, "h": jnp.ones((2, 3, 1))}
+    with caplog.at_level("WARNING"):
+        scores = rollout.rollout_metrics(cfg, spec, {}, batch)
+    curve = scores["mse_curve"]
+    assert len(curve) == 8 and not any(math.isnan(c) for c in curve)
+    # System 0 leaves at step 5 (|x| reaches the bound 1e3 at t = 1,000), system 1 at step
+    # 50 (not within these 8 frames).
+    assert all(math.isfinite(c) for c in curve[:5]) and all(c == math.inf for c in curve[5:])
+    assert scores["diverged_fraction"] == 0.5
+    assert json.loads(json.dumps(curve))[-1] == math.inf  # JSON: Infinity
+    assert "fast diverged in 1 of 2 systems, first at step 5" in caplog.text
+
+
+def test_charged_system_quick(tmp_path, data_dir):
+    argv = [
+        "--quick",
+        "--system",
+        "charged",
+        "--workdir",
+        str(tmp_path),
+        "--data-dir",
+        str(data_dir),
+        "--no-progress",
+        "--models",
+        "linear,multi_step,true_simulator",
+    ]
+    assert rollout.main(argv) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    cfg = rollout.quick_config("charged")
+    assert cfg.frames == 11 and cfg.dt == pytest.approx(0.1)
+    for name, row in metrics["models"].items():
+        assert len(row["test_mse_curve"]) == 11, name
+    # The ceiling re-runs the data's semi-implicit Euler steps from frame 30, in float32 (the
+    # data was made in float64: 1,000 steps through close encounters leave ~1e-4).
+    assert metrics["models"]["true_simulator"]["test_mse"] < 1e-3
+    assert (
+        metrics["models"]["true_simulator"]["test_mse"]
+        < metrics["models"]["linear"]["test_mse"] / 100
+    )
+    assert "| model | trajectory MSE (frames 31-40) |" in rollout.EXPERIMENT.format_table(metrics)
+
+
+def test_default_workdir_follows_the_system():
+    args = build_parser(rollout.EXPERIMENT).parse_args(["--system", "charged"])
+    assert (
+        str(rollout.EXPERIMENT.default_workdir_for(args)) == "experiments/results/rollout/charged"
+    )
+    args = build_parser(rollout.EXPERIMENT).parse_args([])
+    assert str(rollout.EXPERIMENT.default_workdir_for(args)).endswith("rollout/three_body")
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="system"):
+        rollout.RolloutConfig(system="four-body")
+    with pytest.raises(ValueError, match="window"):
+        rollout.RolloutConfig(window=500)
+    cfg = rollout.RolloutConfig()
+    assert cfg.dt == pytest.approx(2 / 499) and cfg.n_long_saved == 1997
+    assert rollout.charged_config().dt == pytest.approx(0.1)
+    spec = rollout.EXPERIMENT.model_spec("multi_step", cfg)
+    assert dict(spec.options)["window"] == 8 and spec.kind == "step"
+    naive = dict(rollout.EXPERIMENT.model_spec("naive_step", cfg).options)
+    assert naive == {"dt": cfg.dt, "edge_features": "inverse"}
