@@ -192,6 +192,12 @@ def test_committed_models_reproduce_the_committed_table(workdir, sampler, seed, 
     """A fresh clone regenerates the test split bit for bit (on any x86 vector unit) and the
     committed parameters score exactly the committed figures on it."""
     metrics = json.loads((workdir / "metrics.json").read_text())
+    made_with = metrics["versions"]["jaxlib"]
+    if sampler == "jax" and jax.lib.__version__ != made_with:
+        # The JAX-sampled initial conditions go through a length-3 reduction whose last bit
+        # differs between jaxlib releases (0.10.1 and 0.10.2 disagree); the dynamics grow it.
+        # The NumPy-sampled paper data is the same on every release tested (0.8.1 to 0.10.2).
+        pytest.skip(f"this data was generated with jaxlib {made_with}, not {jax.lib.__version__}")
     path = tmp_path / "test.npz"
     # In a process of its own: the suite's XLA flags (optimisation level 0, for faster
     # compiles) fuse multiply-adds differently, and the dynamics amplify the last bits.

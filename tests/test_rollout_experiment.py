@@ -17,7 +17,14 @@ from egnn_jax.experiments._cli import build_parser
 from egnn_jax.experiments._models import ModelSpec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TRAINED = ("one_shot", "naive_step", "multi_step", "force_field", "potential")
+TRAINED = (
+    "one_shot",
+    "naive_step",
+    "multi_step",
+    "multi_step_pushforward",
+    "force_field",
+    "potential",
+)
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +229,35 @@ def test_config_validation():
     assert dict(spec.options)["window"] == 8 and spec.kind == "step"
     naive = dict(rollout.EXPERIMENT.model_spec("naive_step", cfg).options)
     assert naive == {"dt": cfg.dt, "edge_features": "inverse"}
+
+
+def test_pushforward_stops_gradients_between_steps():
+    """With one step per window, pushforward and backpropagation through time are the same
+    loss; with more, pushforward's gradient ignores how earlier steps moved later inputs."""
+    import jax
+
+    from egnn_jax.experiments._step import StepInfo
+
+    cfg = rollout.quick_config()
+    key = jax.random.key(0)
+    x = jax.random.normal(key, (4, 6, 3, 2))
+    v = 0.5 * jax.random.normal(jax.random.fold_in(key, 1), (4, 6, 3, 2))
+    batch = {"x": x, "v": v, "h": jnp.ones((4, 3, 1))}
+    info = StepInfo(jax.random.key(5), jnp.int32(10**6))  # past the curriculum: all K steps
+    grads = {}
+    for window in (1, 3):
+        for pushforward in (False, True):
+            options = {"dt": cfg.dt, "window": window, "pushforward": pushforward}
+            spec = ModelSpec("m", "step", 8, 1, options.items())
+            params = spec.init(key, batch)
+            grads[window, pushforward] = jax.grad(spec.loss)(params, batch, info)
+    same = lambda a, b: all(
+        np.allclose(u, w, rtol=1e-5, atol=1e-9)
+        for u, w in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+    assert same(grads[1, False], grads[1, True])
+    assert not same(grads[3, False], grads[3, True])
+    with pytest.raises(ValueError, match="pushforward"):
+        ModelSpec("f", "force_field", options={"dt": 0.1, "pushforward": True}.items()).loss(
+            {}, batch, info
+        )

@@ -486,3 +486,24 @@ def test_sigterm_acts_as_keyboard_interrupt():
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
+
+
+def test_gradient_clipping_and_cosine_decay():
+    params = {"w": jnp.zeros(3)}
+    huge, unit = {"w": jnp.array([300.0, 400.0, 0.0])}, {"w": jnp.array([0.6, 0.8, 0.0])}
+    clipped = make_optimizer(0.1, 0.0, clip_norm=1.0)
+    a, _ = clipped.update(huge, clipped.init(params), params)
+    b, _ = clipped.update(unit, clipped.init(params), params)
+    np.testing.assert_allclose(a["w"], b["w"], rtol=1e-6)  # clipped to the same gradient
+    # Cosine decay: the step size reaches 0 at the end of the schedule.
+    decayed = make_optimizer(0.1, 0.0, decay_steps=4)
+    state = decayed.init(params)
+    steps = []
+    for _ in range(5):
+        update, state = decayed.update(unit, state, params)
+        steps.append(float(jnp.linalg.norm(update["w"])))
+    # (Adam's first update is the step size times the sign of each nonzero gradient entry.)
+    assert steps[0] == pytest.approx(0.1 * 2**0.5, rel=1e-3) and steps[-1] == pytest.approx(
+        0.0, abs=1e-9
+    )
+    assert steps == sorted(steps, reverse=True)

@@ -42,6 +42,7 @@ class ExperimentConfig:
         batch_size, learning_rate, weight_decay: Adam with coupled L2 (paper: 100, 5e-4,
             1e-12).
         lr_schedule: ``"constant"`` (paper) or ``"cosine"`` (decay to 0 over the run).
+        clip_norm: clip the gradient's global norm to this (None: no clipping).
         hidden_features, num_layers: width and depth of every network (paper: 64, 4).
 
     Every field belongs to a run's fingerprint except those in `RUN_FIELDS` (what to train
@@ -55,6 +56,7 @@ class ExperimentConfig:
     learning_rate: float = 5e-4
     weight_decay: float = 1e-12
     lr_schedule: str = "constant"
+    clip_norm: float | None = None
     hidden_features: int = 64
     num_layers: int = 4
 

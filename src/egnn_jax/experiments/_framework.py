@@ -242,12 +242,19 @@ def _training_run(
     """
     k_init, k_shuffle = jax.random.split(jax.random.fold_in(key, zlib.crc32(spec.name.encode())))
     schedule = {}
-    if config.lr_schedule == "cosine":
-        # The schedule's length is part of the run: extending it would change every step.
-        decay = config.num_steps
-        opt = make_optimizer(config.learning_rate, config.weight_decay, decay_steps=decay)
+    if config.lr_schedule == "cosine" or config.clip_norm is not None:
+        # A cosine schedule's length is part of the run: extending it would change every step.
+        decay = config.num_steps if config.lr_schedule == "cosine" else None
+        opt = make_optimizer(
+            config.learning_rate,
+            config.weight_decay,
+            decay_steps=decay,
+            clip_norm=config.clip_norm,
+        )
         schedule = {"optimizer": opt}
-        fingerprint = fingerprint | {"optimizer": {"schedule": "cosine", "decay_steps": decay}}
+        fingerprint = fingerprint | {
+            "optimizer": {"decay_steps": decay, "clip_norm": config.clip_norm}
+        }
     return dict(
         **schedule,
         loss_fn=spec.loss,

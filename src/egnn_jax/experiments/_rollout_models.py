@@ -17,7 +17,10 @@ The trained kinds take an ``edge_features`` option (`EDGE_FEATURES`).
   velocity MSE over the first K steps of each window, with K growing from 1 to ``window``
   over ``curriculum_steps`` optimisation steps (backpropagation through K steps), and Gaussian
   noise of scale ``noise`` added to each window's first state. ``window=1`` is the naive
-  one-step model.
+  one-step model. With ``pushforward``, each step's input is the model's own previous
+  prediction with its gradient stopped (Brandstetter et al., 2022): every step of the window
+  trains the one-step map on the states the model itself produces, and no gradient flows
+  back through earlier steps.
 * ``force_field``: `egnn_jax.dynamics.force_field` integrated by leapfrog (``substeps`` per
   saved interval), trained the same way through the solver.
 * ``potential``: `egnn_jax.dynamics.potential_acceleration`, likewise.
@@ -131,6 +134,7 @@ class _Rollout:
         "curriculum_steps": 0,
         "noise": 0.0,
         "edge_features": "none",
+        "pushforward": False,
     }
 
     def validate(self, spec) -> None:
@@ -164,7 +168,8 @@ class _Rollout:
         noise = self.option(spec, "noise")
         x0 = xw[:, 0] + noise * jax.random.normal(k_x, xw[:, 0].shape, xw.dtype)
         v0 = vw[:, 0] + noise * jax.random.normal(k_v, vw[:, 0].shape, vw.dtype)
-        xs, vs = jax.vmap(lambda s: self.unroll(spec, params, s, window))(
+        pushforward = self.option(spec, "pushforward")
+        xs, vs = jax.vmap(lambda s: self.unroll(spec, params, s, window, pushforward=pushforward))(
             dyn.State(x0, v0, batch["h"])
         )
         per_step = jnp.mean(
@@ -193,10 +198,12 @@ class _Step(_Rollout):
         state = _one(_first_state(batch))
         return dyn.step_init(key, self._config(spec), state, self.edge_fn(spec))
 
-    def unroll(self, spec, params, state, num_steps, bounded=False):
+    def unroll(self, spec, params, state, num_steps, bounded=False, pushforward=False):
         cfg, edge_fn = self._config(spec), self.edge_fn(spec)
 
         def step(p, s):
+            if pushforward:  # the input is the model's own prediction, not a path back
+                s = jax.lax.stop_gradient(s)
             new = dyn.step(p, cfg, s, edge_fn)
             return _frozen_once_out(new, s) if bounded else new
 
@@ -212,7 +219,9 @@ class _Integrated(_Rollout):
     def acceleration(self, spec):
         raise NotImplementedError
 
-    def unroll(self, spec, params, state, num_steps, bounded=False):
+    def unroll(self, spec, params, state, num_steps, bounded=False, pushforward=False):
+        if pushforward:
+            raise ValueError("pushforward is an option of the step model")
         accel = self.acceleration(spec)
         if bounded:  # a runaway system stays finite; `trajectory` freezes it at the bound
             accel = lambda p, s, accel=accel: _clip(accel(p, _bounded(s)))

@@ -79,7 +79,10 @@ def step_key(key: jax.Array, step) -> jax.Array:
 
 @functools.lru_cache(maxsize=32)
 def make_optimizer(
-    learning_rate: float = 5e-4, weight_decay: float = 1e-12, decay_steps: int | None = None
+    learning_rate: float = 5e-4,
+    weight_decay: float = 1e-12,
+    decay_steps: int | None = None,
+    clip_norm: float | None = None,
 ):
     """Adam with L2 regularisation added to the gradient (``torch.optim.Adam(weight_decay=..)``).
 
@@ -89,6 +92,8 @@ def make_optimizer(
             gradient *before* the Adam moments (coupled L2, not AdamW's decoupled decay).
         decay_steps: decay the step size to 0 along a cosine over this many steps; None:
             constant.
+        clip_norm: scale the gradient down to this global norm when it is larger (before the
+            weight decay is added); None: no clipping.
 
     Returns:
         An ``optax.GradientTransformation``. It runs on the parameters flattened into one
@@ -97,8 +102,9 @@ def make_optimizer(
     """
     if decay_steps is not None:
         learning_rate = optax.cosine_decay_schedule(learning_rate, decay_steps)
+    clip = [] if clip_norm is None else [optax.clip_by_global_norm(clip_norm)]
     return optax.flatten(
-        optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
+        optax.chain(*clip, optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
     )
 
 

@@ -14,7 +14,9 @@ starts from the first state and predicts every later saved frame:
 ``linear`` (constant velocity, the floor), ``one_shot`` (EGNN-vel from the first state to
 each horizon, the horizon an input), ``naive_step`` (a step model trained on one-step
 pairs), ``multi_step`` (the same model trained by backpropagation through windows of K
-steps, K growing by curriculum, with noise injection), ``force_field`` (an EGNN acceleration
+steps, K growing by curriculum, with noise injection), ``multi_step_pushforward`` (the same
+windows, each step trained on the model's own previous prediction without backpropagating
+through it), ``force_field`` (an EGNN acceleration
 integrated by leapfrog, trained through the solver on windows), ``potential`` (a learned
 invariant potential, forces by autodiff, leapfrog: energy conserved by construction) and
 ``true_simulator`` (the physics itself integrated the same way, the ceiling). See
@@ -68,6 +70,7 @@ MODEL_NAMES = (
     "one_shot",
     "naive_step",
     "multi_step",
+    "multi_step_pushforward",
     "force_field",
     "potential",
     "true_simulator",
@@ -77,6 +80,7 @@ LABELS = {
     "one_shot": "One-shot EGNN-vel",
     "naive_step": "Step model, one-step loss",
     "multi_step": "Step model, multi-step loss",
+    "multi_step_pushforward": "Step model, multi-step pushforward",
     "force_field": "Force field",
     "potential": "Learned potential",
     "true_simulator": "True simulator",
@@ -99,8 +103,12 @@ class RolloutConfig(ExperimentConfig):
             stream) and the frames used (30 to 40: the paper's task).
         iterations, eval_interval: optimisation steps per model, steps between validations
             (the learning rate decays along a cosine over the run: `lr_schedule`).
-        window, curriculum_steps, noise: the multi-step models' unroll length K, the steps
-            over which K grows from 1, and the noise added to each window's first state.
+        window, curriculum_steps: the multi-step models' unroll length K and the steps over
+            which K grows from 1.
+        noise, step_noise: the Gaussian noise added to each training window's first state
+            for the force field and the potential, and for the multi-step model. The step
+            model's must stay well below one step's displacement (|v| dt ~ 0.002): it is asked
+            to land on the true next state, so larger noise is most of what it would learn.
         force_layers, substeps: depth of the force-field and potential EGNNs; leapfrog steps
             per saved interval.
         n_val_rollout: validation systems rolled out to select the best step.
@@ -127,6 +135,7 @@ class RolloutConfig(ExperimentConfig):
     window: int = 8
     curriculum_steps: int = 3_000
     noise: float = 0.003
+    step_noise: float = 1e-4
     force_layers: int = 2
     substeps: int = 1
     n_val_rollout: int = 200
@@ -438,8 +447,11 @@ class Rollout(Experiment):
         if name == "naive_step":
             options = {"dt": dt, "edge_features": "inverse"}
             return ModelSpec(name, "step", width, depth, options.items())
-        if name == "multi_step":
-            return ModelSpec(name, "step", width, depth, multi.items())
+        if name in ("multi_step", "multi_step_pushforward"):
+            options = multi | {"noise": config.step_noise}
+            if name == "multi_step_pushforward":
+                options["pushforward"] = True
+            return ModelSpec(name, "step", width, depth, options.items())
         kind = {"force_field": "force_field", "potential": "potential"}[name]
         options = multi | {"substeps": config.substeps}
         return ModelSpec(name, kind, width, config.force_layers, options.items())
