@@ -12,6 +12,7 @@ import pytest
 from egnn_jax import _atomic
 from egnn_jax._atomic import atomic_open, save_json_atomic
 from egnn_jax.experiments._checkpoint import (
+    ABSENT,
     CheckpointMismatchError,
     FingerprintMismatchError,
     check_fingerprint,
@@ -101,15 +102,29 @@ def test_fingerprint_differences_name_field_and_both_values():
     now = {"config": {"sampler": "numpy-legacy", "dim": 2}, "data": {"train": "abc"}, "x": 1}
     assert fingerprint_differences(saved, now) == [
         ("config.sampler", "jax", "numpy-legacy"),
-        ("x", None, 1),
+        ("x", ABSENT, 1),
     ]
     with pytest.raises(
         FingerprintMismatchError,
         match=r"run 'a' was made with other settings: config\.sampler: 'jax' there, "
-        r"'numpy-legacy' now; x: None there, 1 now; do this",
+        r"'numpy-legacy' now; x: \(absent\) there, 1 now; do this",
     ):
         check_fingerprint(saved, now, "run 'a'", "do this")
     check_fingerprint(saved, saved, "run 'a'")
+
+
+def test_fields_added_later_count_as_their_default_in_older_fingerprints():
+    saved = {"config": {"dim": 2}}
+    now = {"config": {"dim": 2, "clip_norm": None, "lr_schedule": "constant"}}
+    defaults = {"config.clip_norm": None, "config.lr_schedule": "constant"}
+    check_fingerprint(saved, now, "run 'a'", defaults=defaults)
+    changed = {"config": {"dim": 2, "clip_norm": None, "lr_schedule": "cosine"}}
+    with pytest.raises(FingerprintMismatchError, match=r"lr_schedule: 'constant' there"):
+        check_fingerprint(saved, changed, "run 'a'", defaults=defaults)
+    # A default never overrides a value the run did save.
+    saved_cosine = {"config": {"dim": 2, "lr_schedule": "cosine"}}
+    with pytest.raises(FingerprintMismatchError, match=r"'cosine' there, 'constant' now"):
+        check_fingerprint(saved_cosine, now, "run 'a'", defaults=defaults)
 
 
 def test_atomic_files_get_normal_permissions_and_a_synced_folder(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from egnn_jax.dynamics import State
 from egnn_jax.experiments import rollout
 from egnn_jax.experiments._cli import build_parser
 from egnn_jax.experiments._models import ModelSpec
@@ -261,3 +262,32 @@ def test_pushforward_stops_gradients_between_steps():
         ModelSpec("f", "force_field", options={"dt": 0.1, "pushforward": True}.items()).loss(
             {}, batch, info
         )
+
+
+@pytest.mark.parametrize("pushforward", [False, True])
+def test_steps_the_curriculum_does_not_count_cannot_poison_the_loss(pushforward):
+    """Early in training only the first of K steps counts; the later ones may run away
+    (here: a step model with absurd weights, whose free rollout is not finite). Loss and
+    gradient stay finite: the steps not counted add exact zeros."""
+    import jax
+
+    from egnn_jax.experiments._models import MODEL_KINDS
+    from egnn_jax.experiments._step import StepInfo
+
+    key = jax.random.key(0)
+    x = jax.random.normal(key, (4, 6, 3, 2))
+    v = 0.5 * jax.random.normal(jax.random.fold_in(key, 1), (4, 6, 3, 2))
+    batch = {"x": x, "v": v, "h": jnp.ones((4, 3, 1))}
+    options = {"dt": 0.1, "window": 4, "curriculum_steps": 10**6, "pushforward": pushforward}
+    spec = ModelSpec("m", "step", 8, 2, options.items())
+    params = jax.tree.map(lambda p: 50.0 * p, spec.init(key, batch))
+    with jax.debug_nans(False):
+        free, _ = jax.vmap(lambda s: MODEL_KINDS["step"].unroll(spec, params, s, 4))(
+            State(x[:, 0], v[:, 0], batch["h"])
+        )
+    assert not np.isfinite(np.asarray(free)).all()  # the case under test
+
+    info = StepInfo(jax.random.key(5), jnp.int32(0))  # K = 1 of the window's 4 steps
+    loss, grad = jax.value_and_grad(spec.loss)(params, batch, info)
+    assert np.isfinite(float(loss))
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grad))

@@ -5,9 +5,11 @@ Each experiment is one module, ``python -m egnn_jax.experiments.<name>``, exposi
 
 * `three_body`: the seed experiment (``make train``).
 * `nbody_charged`: the EGNN paper's charged N-body table.
+* `rollout`: learned simulators stepped forward over long horizons.
 
 The framework a new experiment builds on (subclass `Experiment`, declare config, data,
-featurisation, models and table): `Experiment`, `ExperimentConfig`, `ExperimentData`,
+featurisation, models and table): `Experiment`, `ExperimentConfig` (or `IterationsConfig`
+for a run counted in steps), `ExperimentData`,
 `train_and_evaluate`, `evaluate_file`, `cli_main`, `entry_points`. Underneath, usable on
 their own: the
 training loop `train` (with `TrainResult`, `TrainingDiverged`), `train_concurrently`,
@@ -31,6 +33,7 @@ from ._experiment import EvaluationFileError as EvaluationFileError
 from ._experiment import Experiment as Experiment
 from ._experiment import ExperimentConfig as ExperimentConfig
 from ._experiment import ExperimentData as ExperimentData
+from ._experiment import IterationsConfig as IterationsConfig
 from ._experiment import load_npz as load_npz
 from ._framework import evaluate_file as evaluate_file
 from ._framework import train_and_evaluate as train_and_evaluate

@@ -18,6 +18,7 @@ Layout of one run ``name`` in a workdir:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 __all__ = [
+    "ABSENT",
     "CheckpointMismatchError",
     "FingerprintMismatchError",
     "RunCheckpoint",
@@ -172,15 +174,31 @@ def _flatten_dict(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def fingerprint_differences(saved: dict, current: dict) -> list[tuple[str, Any, Any]]:
-    """``[(dotted field, saved value, current value)]`` for every field that differs."""
+class _Absent:
+    def __repr__(self):
+        return "(absent)"
+
+
+ABSENT = _Absent()
+
+
+def fingerprint_differences(
+    saved: dict, current: dict, defaults: Mapping[str, Any] | None = None
+) -> list[tuple[str, Any, Any]]:
+    """``[(dotted field, saved value, current value)]`` for every field that differs.
+
+    `defaults` maps dotted fields to the value an older run, made before the field
+    existed, had in effect: such a field absent from `saved` counts as that value. A field
+    absent on one side is reported as `ABSENT`.
+    """
     a, b = _flatten_dict(saved), _flatten_dict(current)
-    missing = object()
+    defaults = dict(defaults or {})
     diffs = []
     for field in sorted(set(a) | set(b)):
-        va, vb = a.get(field, missing), b.get(field, missing)
+        va = a.get(field, defaults.get(field, ABSENT))
+        vb = b.get(field, ABSENT)
         if va != vb:
-            diffs.append((field, None if va is missing else va, None if vb is missing else vb))
+            diffs.append((field, va, vb))
     return diffs
 
 
@@ -189,13 +207,19 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:18] + "…" + text[-18:]
 
 
-def check_fingerprint(saved: dict, current: dict, what: str, hint: str = "") -> None:
+def check_fingerprint(
+    saved: dict,
+    current: dict,
+    what: str,
+    hint: str = "",
+    defaults: Mapping[str, Any] | None = None,
+) -> None:
     """Raise `FingerprintMismatchError` naming each differing field and both values.
 
     The message reads "<what> was made with other settings: <field>: <saved> there,
     <current> now; ...", then `hint` (what to do about it).
     """
-    diffs = fingerprint_differences(saved, current)
+    diffs = fingerprint_differences(saved, current, defaults)
     if diffs:
         listed = "; ".join(f"{f}: {_short(a)} there, {_short(b)} now" for f, a, b in diffs[:4])
         more = f" (and {len(diffs) - 4} more)" if len(diffs) > 4 else ""

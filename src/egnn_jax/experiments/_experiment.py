@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from pathlib import Path
 from typing import ClassVar
 
@@ -24,6 +25,7 @@ __all__ = [
     "Experiment",
     "ExperimentConfig",
     "ExperimentData",
+    "IterationsConfig",
     "batch_hash",
     "load_npz",
     "model_fingerprint",
@@ -123,6 +125,51 @@ class ExperimentConfig:
         d = self.to_dict()
         d["train_seed"] = self.effective_train_seed
         return {k: v for k, v in sorted(d.items()) if k not in self.RUN_FIELDS}
+
+    @classmethod
+    def fingerprint_defaults(cls) -> dict:
+        """``{field: default}`` for the fingerprinted fields that have a default: a run
+        saved before such a field existed had its default in effect, so it stays valid."""
+        out = {}
+        for f in dataclasses.fields(cls):
+            if f.name in cls.RUN_FIELDS or f.default is dataclasses.MISSING:
+                continue
+            out[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class IterationsConfig(ExperimentConfig):
+    """An `ExperimentConfig` whose run is counted in optimisation steps.
+
+    Attributes (besides `ExperimentConfig`'s):
+        iterations: optimisation steps per trained model.
+        eval_interval: steps between validations (= the length of one compiled chunk);
+            reduced to ``gcd(iterations, eval_interval)`` when it does not divide them.
+
+    A subclass defines ``n_train`` (a field or a property).
+    """
+
+    iterations: int = 10_000
+    eval_interval: int = 500
+
+    def __post_init__(self):
+        for name in ("iterations", "eval_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        super().__post_init__()
+
+    @property
+    def num_steps(self) -> int:
+        return self.iterations
+
+    @property
+    def eval_every(self) -> int:
+        return math.gcd(self.iterations, self.eval_interval)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n_train // self.batch_size
 
 
 @dataclasses.dataclass

@@ -147,7 +147,12 @@ def train_and_evaluate(
         elif resume and finished(workdir, rows_before.get(name), config):
             old = rows_before[name]
             saved = old["fingerprint"] | saved_shared_fingerprint(old["fingerprint"], type(config))
-            check_fingerprint(saved, fingerprint, f"the run of {name!r} in {workdir}")
+            check_fingerprint(
+                saved,
+                fingerprint,
+                f"the run of {name!r} in {workdir}",
+                defaults=_fingerprint_defaults(config),
+            )
             params_of[name], _ = load_params(best_dir(workdir, name), _like(spec, data.train))
             histories[name] = (previous or {}).get("histories", {}).get(name, [])
             row |= {k: old[k] for k in ("best_step", "steps_done", "stopped_early") if k in old}
@@ -253,7 +258,11 @@ def _training_run(
         )
         schedule = {"optimizer": opt}
         fingerprint = fingerprint | {
-            "optimizer": {"decay_steps": decay, "clip_norm": config.clip_norm}
+            "optimizer": {
+                "schedule": config.lr_schedule,
+                "decay_steps": decay,
+                "clip_norm": config.clip_norm,
+            }
         }
     return dict(
         **schedule,
@@ -272,7 +281,16 @@ def _training_run(
         weight_decay=config.weight_decay,
         workdir=workdir,
         fingerprint=fingerprint,
+        fingerprint_defaults=_fingerprint_defaults(config),
     )
+
+
+def _fingerprint_defaults(config: ExperimentConfig) -> dict:
+    """What a run saved by an earlier version, before a field was recorded, had in effect:
+    a config field's default; no gradient clipping; the optimiser's schedule is the
+    config's (which the ``config`` part of the fingerprint compares anyway)."""
+    defaults = {f"config.{k}": v for k, v in config.fingerprint_defaults().items()}
+    return defaults | {"optimizer.schedule": config.lr_schedule, "optimizer.clip_norm": None}
 
 
 def evaluate_file(experiment: Experiment, workdir: str | Path, path: str | Path) -> dict:

@@ -167,6 +167,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     fingerprint: Mapping[str, Any] | None = None,
+    fingerprint_defaults: Mapping[str, Any] | None = None,
     progress: bool | None = True,
     progress_position: int | None = None,
     stop: threading.Event | None = None,
@@ -212,6 +213,8 @@ def train(
             spec, settings); stored with the checkpoints and compared on resume. The loop
             adds its own fields (batch size, evaluation interval, training-set size, key,
             optimiser settings) under ``"loop"``.
+        fingerprint_defaults: ``{dotted field: value}`` for fields added to the fingerprint
+            after a checkpoint was saved: absent from it, they count as this value.
         progress: show a tqdm bar (``None``: only when attached to a terminal).
         progress_position: line of the bar, for several runs at once (tqdm ``position``).
         stop: when this event is set, the run stops at the next chunk boundary as on a
@@ -333,6 +336,7 @@ def train(
                 full_fingerprint,
                 f"run {name!r} in {latest}",
                 "it cannot be continued; overwrite it, or use another workdir",
+                defaults=fingerprint_defaults,
             )
             if int(meta["step"]) > num_steps:
                 raise ValueError(

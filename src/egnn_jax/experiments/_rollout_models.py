@@ -169,17 +169,20 @@ class _Rollout:
         x0 = xw[:, 0] + noise * jax.random.normal(k_x, xw[:, 0].shape, xw.dtype)
         v0 = vw[:, 0] + noise * jax.random.normal(k_v, vw[:, 0].shape, vw.dtype)
         pushforward = self.option(spec, "pushforward")
-        xs, vs = jax.vmap(lambda s: self.unroll(spec, params, s, window, pushforward=pushforward))(
-            dyn.State(x0, v0, batch["h"])
+        # Bounded: early in training the steps the curriculum does not count yet may run
+        # away; held finite, they add exact zeros (not 0 * inf = NaN) to loss and gradient.
+        unroll = lambda s: self.unroll(
+            spec, params, s, window, bounded=True, pushforward=pushforward
         )
+        xs, vs = jax.vmap(unroll)(dyn.State(x0, v0, batch["h"]))
         per_step = jnp.mean(
             (xs[:, 1:] - xw[:, 1:]) ** 2 + (vs[:, 1:] - vw[:, 1:]) ** 2, axis=(0, 2, 3)
         )  # [window]
         # Curriculum: the first K of the window's steps count, K from 1 to `window`.
         ramp = max(self.option(spec, "curriculum_steps"), 1)
         k = jnp.clip(1 + (info.step * window) // ramp, 1, window)
-        weights = (jnp.arange(window) < k).astype(per_step.dtype)
-        return jnp.sum(per_step * weights) / jnp.sum(weights)
+        counted = jnp.arange(window) < k
+        return jnp.sum(jnp.where(counted, per_step, 0.0)) / jnp.sum(counted)
 
     def evaluate(self, spec, params, batch):
         return _validation_loss(self, spec, params, batch)

@@ -7,7 +7,6 @@ A *run* is one model trained in one workdir: its resumable state
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -34,10 +33,8 @@ def saved_shared_fingerprint(fingerprint: dict, config_class: type[ExperimentCon
     the runs already committed."""
     shared = {k: fingerprint.get(k) for k in _SHARED}
     if isinstance(shared["config"], dict):
-        defaults = {f.name: f.default for f in dataclasses.fields(config_class)}
+        defaults = config_class.fingerprint_defaults()
         missing = {k: v for k, v in defaults.items() if k not in shared["config"]}
-        missing = {k: list(v) if isinstance(v, tuple) else v for k, v in missing.items()}
-        missing = {k: v for k, v in missing.items() if k not in config_class.RUN_FIELDS}
         shared["config"] = dict(sorted((shared["config"] | missing).items()))
     return shared
 

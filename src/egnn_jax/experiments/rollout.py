@@ -51,8 +51,8 @@ from ._cli import entry_points
 from ._experiment import (
     EvaluationFileError,
     Experiment,
-    ExperimentConfig,
     ExperimentData,
+    IterationsConfig,
     load_npz,
 )
 from ._models import ModelSpec
@@ -89,10 +89,10 @@ VALID_TIME_THRESHOLD = 0.1  # a system's MSE above this ends its "valid time"
 
 
 @dataclasses.dataclass(frozen=True)
-class RolloutConfig(ExperimentConfig):
+class RolloutConfig(IterationsConfig):
     """The rollout experiment (defaults: three-body; `charged_config` for the N-body task).
 
-    Attributes (besides `ExperimentConfig`'s):
+    Attributes (besides `IterationsConfig`'s):
         system: ``"three-body"`` or ``"charged"``.
         n_train, n_valid, n_test: systems per split.
         n_saved, t_end: three-body frames and horizon of the training trajectories.
@@ -101,8 +101,8 @@ class RolloutConfig(ExperimentConfig):
         G, softening: the three-body physics (for the true simulator and the energy).
         sampler, first_frame, last_frame: the charged data (the reference generator's
             stream) and the frames used (30 to 40: the paper's task).
-        iterations, eval_interval: optimisation steps per model, steps between validations
-            (the learning rate decays along a cosine over the run: `lr_schedule`).
+        iterations, eval_interval: as in `IterationsConfig` (the learning rate decays
+            along a cosine over the run: `lr_schedule`).
         window, curriculum_steps: the multi-step models' unroll length K and the steps over
             which K grows from 1.
         noise, step_noise: the Gaussian noise added to each training window's first state
@@ -153,7 +153,7 @@ class RolloutConfig(ExperimentConfig):
             raise ValueError(f"system must be one of {SYSTEMS}, got {self.system!r}")
         if self.sampler not in sim.SAMPLERS:
             raise ValueError(f"sampler must be one of {sim.SAMPLERS}, got {self.sampler!r}")
-        for name in ("n_train", "n_valid", "n_test", "iterations", "eval_interval", "window"):
+        for name in ("n_train", "n_valid", "n_test", "window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_train < self.batch_size:
@@ -182,18 +182,6 @@ class RolloutConfig(ExperimentConfig):
     @property
     def n_long_saved(self) -> int:
         return round(self.long_t_end / self.dt) + 1
-
-    @property
-    def num_steps(self) -> int:
-        return self.iterations
-
-    @property
-    def eval_every(self) -> int:
-        return math.gcd(self.iterations, self.eval_interval)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.n_train // self.batch_size
 
 
 def charged_config() -> RolloutConfig:

@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import ClassVar
@@ -35,8 +34,8 @@ from ._cli import entry_points
 from ._experiment import (
     EvaluationFileError,
     Experiment,
-    ExperimentConfig,
     ExperimentData,
+    IterationsConfig,
     load_npz,
 )
 from ._featurise import featurise, masses_vary
@@ -60,16 +59,13 @@ MODEL_NAMES = ("linear", "gnn", "egnn", "egnn_vel")
 
 
 @dataclasses.dataclass(frozen=True)
-class ThreeBodyExperimentConfig(ExperimentConfig):
+class ThreeBodyExperimentConfig(IterationsConfig):
     """The seed experiment (defaults) and its variants.
 
-    Attributes (besides `ExperimentConfig`'s):
+    Attributes (besides `IterationsConfig`'s):
         n_trajectories: simulated systems; the last ``valid_fraction`` and ``test_fraction``
             of them validate and test, the rest train.
         dim: spatial dimension of the simulation (2 or 3).
-        iterations: optimisation steps per trained model.
-        eval_interval: steps between validations (= length of one compiled chunk);
-            reduced to ``gcd(iterations, eval_interval)`` when it does not divide them.
         n_plot_systems: test systems drawn in predictions.png.
         n_equivariance_systems: validation systems of the equivariance check.
         equivariance_rtol: bound on the relative error for ``"equivariant": true``.
@@ -97,9 +93,8 @@ class ThreeBodyExperimentConfig(ExperimentConfig):
     def __post_init__(self):
         if self.dim not in (2, 3):
             raise ValueError(f"dim must be 2 or 3, got {self.dim}")
-        for name in ("n_trajectories", "iterations", "eval_interval"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_trajectories < 1:
+            raise ValueError(f"n_trajectories must be >= 1, got {self.n_trajectories}")
         if not (0 < self.valid_fraction and 0 < self.test_fraction) or (
             self.valid_fraction + self.test_fraction >= 1
         ):
@@ -123,18 +118,6 @@ class ThreeBodyExperimentConfig(ExperimentConfig):
     @property
     def n_train(self) -> int:
         return self.n_trajectories - self.n_valid - self.n_test
-
-    @property
-    def num_steps(self) -> int:
-        return self.iterations
-
-    @property
-    def eval_every(self) -> int:
-        return math.gcd(self.iterations, self.eval_interval)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.n_train // self.batch_size
 
 
 def quick_config() -> ThreeBodyExperimentConfig:
