@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from egnn_jax.experiments import best_dir, load_params, three_body
+from egnn_jax.experiments import FingerprintMismatchError, best_dir, load_params, three_body
 from egnn_jax.experiments._featurise import featurise, masses_vary
 from egnn_jax.experiments._loop import TrainingDiverged
 from egnn_jax.experiments._models import ModelSpec, fit_linear
@@ -435,6 +435,13 @@ def test_divergence_stops_with_clear_message(tmp_path, data_dir):
         three_body.train_and_evaluate(cfg, tmp_path, data_dir=data_dir)
     assert "egnn_vel" in str(info.value)
     assert not (tmp_path / "metrics.json").exists()
+    # The run left only its resumable state (no best parameters yet): it is still known by
+    # its fingerprint, so --resume continues it and other settings are named.
+    with jax.debug_nans(False), pytest.raises(TrainingDiverged):
+        three_body.train_and_evaluate(cfg, tmp_path, data_dir=data_dir, resume=True)
+    other = dataclasses.replace(cfg, learning_rate=1e-3)
+    with pytest.raises(FingerprintMismatchError, match=r"learning_rate: 100000000\.0 there"):
+        three_body.train_and_evaluate(other, tmp_path, data_dir=data_dir, resume=True)
 
 
 def test_config_validation():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ._checkpoint import (
     FingerprintMismatchError,
+    RunCheckpoint,
     RunExistsError,
     best_dir,
     check_fingerprint,
@@ -61,6 +62,14 @@ def _runs_on_disk(workdir: Path, rows: dict) -> dict[str, dict | None]:
         if fingerprint is None:
             meta = read_params_meta(best_dir(workdir, name))
             fingerprint = None if meta is None else meta.get("fingerprint")
+        if fingerprint is None and latest_dir(workdir, name).is_dir():
+            # A run stopped before its first best parameters (interrupted, diverged).
+            ckpt = RunCheckpoint(latest_dir(workdir, name))
+            try:
+                if ckpt.step() is not None:
+                    fingerprint = ckpt.meta().get("fingerprint")
+            finally:
+                ckpt.close()
         found[name] = fingerprint
     return found
 
