@@ -35,6 +35,7 @@ step it left.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, ClassVar
 
 import jax
@@ -169,18 +170,27 @@ class _Rollout:
         x0 = xw[:, 0] + noise * jax.random.normal(k_x, xw[:, 0].shape, xw.dtype)
         v0 = vw[:, 0] + noise * jax.random.normal(k_v, vw[:, 0].shape, vw.dtype)
         pushforward = self.option(spec, "pushforward")
-        # Bounded: early in training the steps the curriculum does not count yet may run
-        # away; held finite, they add exact zeros (not 0 * inf = NaN) to loss and gradient.
-        unroll = lambda s: self.unroll(
-            spec, params, s, window, bounded=True, pushforward=pushforward
-        )
+        # Curriculum: the first K of the window's steps count, K from 1 to `window`.
+        ramp = max(self.option(spec, "curriculum_steps"), 1)
+        k = jnp.clip(1 + (info.step * window) // ramp, 1, window)
+
+        def unroll(state):
+            # A step past K holds the state and is computed from the window's first state:
+            # a young model stepped on from its own output may run away, and even masked
+            # out, a NaN inside a step poisons the gradient (0 * NaN = NaN).
+            states = [state]
+            for i in range(window):
+                counts = partial(jnp.where, i < k)
+                start = jax.tree.map(counts, states[-1], state)
+                xs, vs = self.unroll(spec, params, start, 1, pushforward=pushforward)
+                new = dyn.State(xs[-1], vs[-1], state.h)
+                states.append(jax.tree.map(counts, new, states[-1]))
+            return jnp.stack([s.x for s in states]), jnp.stack([s.v for s in states])
+
         xs, vs = jax.vmap(unroll)(dyn.State(x0, v0, batch["h"]))
         per_step = jnp.mean(
             (xs[:, 1:] - xw[:, 1:]) ** 2 + (vs[:, 1:] - vw[:, 1:]) ** 2, axis=(0, 2, 3)
         )  # [window]
-        # Curriculum: the first K of the window's steps count, K from 1 to `window`.
-        ramp = max(self.option(spec, "curriculum_steps"), 1)
-        k = jnp.clip(1 + (info.step * window) // ramp, 1, window)
         counted = jnp.arange(window) < k
         return jnp.sum(jnp.where(counted, per_step, 0.0)) / jnp.sum(counted)
 
@@ -299,7 +309,9 @@ class _OneShot(_Rollout):
 
     def trajectory(self, spec, params, state, num_steps):
         ts = jnp.arange(1, num_steps + 1, dtype=state.x.dtype) * self.option(spec, "dt")
-        xs = jax.vmap(lambda t: self.predict(spec, params, state, t))(ts)
+        # In blocks of horizons: all ~2,000 of the long test set at once, vmapped over its
+        # 1,000 systems, are two million graphs' activations (tens of GB).
+        xs = jax.lax.map(lambda t: self.predict(spec, params, state, t), ts, batch_size=64)
         xs = jnp.concatenate([state.x[None], xs])  # the given first state, then predictions
         return jnp.clip(xs, -BOUND, BOUND), None
 
