@@ -417,6 +417,8 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, data_dir):
     resumed = run(200, "b", resume=True)
     r_full, r_res = full["models"]["egnn_vel"], resumed["models"]["egnn_vel"]
     assert r_res["resumed"] and r_res["steps_this_session"] == 100
+    # Training time counts both sessions, this session's alone is beside it.
+    assert r_res["train_seconds"] > r_res["train_seconds_this_session"] > 0
     assert r_res["test_mse"] == r_full["test_mse"]  # bitwise, same machine
     assert r_res["best_step"] == r_full["best_step"]
     strip = lambda hist: [{k: v for k, v in h.items() if k != "wall_time"} for h in hist]

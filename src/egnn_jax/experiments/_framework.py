@@ -188,7 +188,10 @@ def train_and_evaluate(
             "final_train_loss": res.history[-1]["train_loss"] if res.history else None,
             "steps_per_second": steps_per_second(res.history),
         }
-        rows[name]["train_seconds"] = res.wall_seconds
+        # Training time over every session of the run (the history's clock survives resumes).
+        total = res.history[-1]["wall_time"] if res.history else res.wall_seconds
+        rows[name]["train_seconds"] = max(float(total), res.wall_seconds)
+        rows[name]["train_seconds_this_session"] = res.wall_seconds
         wall["train"][name] = res.wall_seconds
 
     t = time.perf_counter()
