@@ -30,6 +30,7 @@ train: $(STAMP) ## The seed experiment: simulate three-body data, train and comp
 bench: $(STAMP) ## Benchmarks; JSON lands in benchmarks/results/
 	$(PY) benchmarks/bench_train_step.py
 	$(PY) benchmarks/bench_sim.py
+	$(PY) benchmarks/bench_rollout.py
 
 lint: $(STAMP) ## ruff check + format check
 	$(PY) -m ruff check src tests benchmarks examples scripts

@@ -21,8 +21,15 @@ from _common import machine, time_interleaved, write_json
 from egnn_jax.dynamics import State
 from egnn_jax.experiments import rollout
 
-MODELS = ("linear", "one_shot", "naive_step", "multi_step", "force_field", "potential",
-          "true_simulator")
+MODELS = (
+    "linear",
+    "one_shot",
+    "naive_step",
+    "multi_step",
+    "force_field",
+    "potential",
+    "true_simulator",
+)
 
 
 def main(argv=None) -> dict:
