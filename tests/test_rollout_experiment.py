@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _cli import run_module
 
 from egnn_jax.dynamics import State
 from egnn_jax.experiments import rollout
@@ -68,56 +66,20 @@ def test_quick_run_reports_every_model_along_time(quick_run):
     assert "| True simulator |" in table
 
 
-def _env():
-    env = dict(os.environ)
-    env.setdefault("JAX_PLATFORMS", "cpu")
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-    return env
-
-
 def test_evaluate_prints_the_contract_on_a_longer_file(quick_run, tmp_path):
     workdir, metrics = quick_run
     cfg = rollout.quick_config()
     path = tmp_path / "long.npz"
     n_saved = 2 * cfg.n_saved - 1  # twice the training horizon, the same spacing
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "egnn_jax.sim",
-            "three-body",
-            "--n",
-            "6",
-            "--seed",
-            "9",
-            "--t-end",
-            repr(2 * cfg.t_end),
-            "--n-saved",
-            str(n_saved),
-            "--no-progress",
-            "--out",
-            str(path),
-        ],
+    run_module(
+        "egnn_jax.sim",
+        "three-body",
+        *("--n", 6, "--seed", 9, "--t-end", repr(2 * cfg.t_end), "--n-saved", n_saved),
+        *("--no-progress", "--out", path),
         check=True,
-        env=_env(),
-        capture_output=True,
         timeout=300,
     )
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "egnn_jax.experiments.rollout",
-            "--workdir",
-            str(workdir),
-            "--evaluate",
-            str(path),
-        ],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    out = run_module("egnn_jax.experiments.rollout", "--workdir", workdir, "--evaluate", path)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert set(result) == {"t", "models"}

@@ -5,14 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _cli import run_module
 
 from egnn_jax.experiments import FingerprintMismatchError, best_dir, load_params, three_body
 from egnn_jax.experiments._featurise import featurise, masses_vary
@@ -239,52 +237,18 @@ def test_equivariance_error_detects_broken_model():
     assert min(errs.values()) > 0.01
 
 
-def _env():
-    env = dict(os.environ)
-    env.setdefault("JAX_PLATFORMS", "cpu")
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-    return env
-
-
 def test_evaluate_cli_on_simulator_file(quick_run, tmp_path):
     workdir, metrics = quick_run
     f = tmp_path / "held_out.npz"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "egnn_jax.sim",
-            "three-body",
-            "--n",
-            "16",
-            "--seed",
-            "123",
-            "--n-saved",
-            "20",
-            "--no-progress",
-            "--out",
-            str(f),
-        ],
+    run_module(
+        "egnn_jax.sim",
+        "three-body",
+        *("--n", 16, "--seed", 123, "--n-saved", 20, "--no-progress", "--out", f),
         check=True,
-        env=_env(),
-        capture_output=True,
-        text=True,
         timeout=300,
     )
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "egnn_jax.experiments.three_body",
-            "--workdir",
-            str(workdir),
-            "--evaluate",
-            str(f),
-        ],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    out = run_module(
+        "egnn_jax.experiments.three_body", "--workdir", workdir, "--evaluate", f, timeout=300
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
@@ -302,20 +266,8 @@ def test_evaluate_cli_on_simulator_file(quick_run, tmp_path):
     # A bad file: one line on stderr, exit code 1, no traceback.
     bad = tmp_path / "truncated.npz"
     bad.write_bytes(f.read_bytes()[:200])
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "egnn_jax.experiments.three_body",
-            "--workdir",
-            str(workdir),
-            "--evaluate",
-            str(bad),
-        ],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    out = run_module(
+        "egnn_jax.experiments.three_body", "--workdir", workdir, "--evaluate", bad, timeout=300
     )
     assert out.returncode == 1 and out.stdout == ""
     assert out.stderr.startswith("error: ") and "not a readable .npz file" in out.stderr
