@@ -29,6 +29,7 @@ __all__ = [
     "batch_hash",
     "load_npz",
     "model_fingerprint",
+    "older_run_defaults",
     "shared_fingerprint",
 ]
 
@@ -136,6 +137,14 @@ class ExperimentConfig:
                 continue
             out[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
         return out
+
+
+def older_run_defaults(config: ExperimentConfig) -> dict:
+    """``{dotted fingerprint field: value}``: what a run saved by an earlier version, before
+    the field was recorded, had in effect. A config field's default; no gradient clipping;
+    the optimiser's schedule is the config's (which ``config.lr_schedule`` compares)."""
+    defaults = {f"config.{k}": v for k, v in config.fingerprint_defaults().items()}
+    return defaults | {"optimizer.schedule": config.lr_schedule, "optimizer.clip_norm": None}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,12 +39,13 @@ from ._experiment import (
     ExperimentConfig,
     ExperimentData,
     model_fingerprint,
+    older_run_defaults,
     shared_fingerprint,
 )
 from ._models import ModelSpec, label
 from ._report import device, plot_loss_curves, steps_per_second, versions
 from ._step import make_optimizer
-from ._workdir import finished, prepare_workdir, read_metrics, saved_shared_fingerprint
+from ._workdir import finished, prepare_workdir, read_metrics
 
 __all__ = ["evaluate_file", "train_and_evaluate"]
 
@@ -146,12 +147,11 @@ def train_and_evaluate(
             wall["train"][name] = time.perf_counter() - t
         elif resume and finished(workdir, rows_before.get(name), config):
             old = rows_before[name]
-            saved = old["fingerprint"] | saved_shared_fingerprint(old["fingerprint"], type(config))
             check_fingerprint(
-                saved,
+                old["fingerprint"],
                 fingerprint,
                 f"the run of {name!r} in {workdir}",
-                defaults=_fingerprint_defaults(config),
+                defaults=older_run_defaults(config),
             )
             params_of[name], _ = load_params(best_dir(workdir, name), _like(spec, data.train))
             histories[name] = (previous or {}).get("histories", {}).get(name, [])
@@ -284,16 +284,8 @@ def _training_run(
         weight_decay=config.weight_decay,
         workdir=workdir,
         fingerprint=fingerprint,
-        fingerprint_defaults=_fingerprint_defaults(config),
+        fingerprint_defaults=older_run_defaults(config),
     )
-
-
-def _fingerprint_defaults(config: ExperimentConfig) -> dict:
-    """What a run saved by an earlier version, before a field was recorded, had in effect:
-    a config field's default; no gradient clipping; the optimiser's schedule is the
-    config's (which the ``config`` part of the fingerprint compares anyway)."""
-    defaults = {f"config.{k}": v for k, v in config.fingerprint_defaults().items()}
-    return defaults | {"optimizer.schedule": config.lr_schedule, "optimizer.clip_norm": None}
 
 
 def evaluate_file(experiment: Experiment, workdir: str | Path, path: str | Path) -> dict:

@@ -20,24 +20,17 @@ from ._checkpoint import (
     latest_dir,
     read_params_meta,
 )
-from ._experiment import ExperimentConfig
+from ._experiment import ExperimentConfig, older_run_defaults
 from ._loop import remove_run
 
-__all__ = ["finished", "prepare_workdir", "read_metrics", "saved_shared_fingerprint"]
+__all__ = ["finished", "prepare_workdir", "read_metrics"]
 
 _SHARED = ("experiment", "config", "data")
 
 
-def saved_shared_fingerprint(fingerprint: dict, config_class: type[ExperimentConfig]) -> dict:
-    """The part of a run's fingerprint that every run in one table shares. Config fields
-    added after the run was made count as their defaults, so a new field does not orphan
-    the runs already committed."""
-    shared = {k: fingerprint.get(k) for k in _SHARED}
-    if isinstance(shared["config"], dict):
-        defaults = config_class.fingerprint_defaults()
-        missing = {k: v for k, v in defaults.items() if k not in shared["config"]}
-        shared["config"] = dict(sorted((shared["config"] | missing).items()))
-    return shared
+def _shared_part(fingerprint: dict) -> dict:
+    """The part of a run's fingerprint that every run in one table shares."""
+    return {k: fingerprint.get(k) for k in _SHARED}
 
 
 def read_metrics(workdir: Path) -> dict | None:
@@ -79,11 +72,13 @@ def prepare_workdir(
 ):
     """Apply the workdir rules; returns the rows of other models that stay in the table."""
     on_disk = _runs_on_disk(workdir, rows)
-    selected, cls = config.models, type(config)
+    # Fields recorded since an older run was saved count as what that run had in effect,
+    # so a new field does not orphan the runs already committed.
+    selected, defaults = config.models, older_run_defaults(config)
     foreign = {
         name: fp
         for name, fp in on_disk.items()
-        if fp is None or fingerprint_differences(saved_shared_fingerprint(fp, cls), shared)
+        if fp is None or fingerprint_differences(_shared_part(fp), shared, defaults)
     }
     if overwrite:
         for name in set(on_disk) & (set(selected) | set(foreign)):
@@ -102,10 +97,11 @@ def prepare_workdir(
                 "use another --workdir, or --overwrite to delete it"
             )
         check_fingerprint(
-            saved_shared_fingerprint(fp, cls),
+            _shared_part(fp),
             shared,
             f"the run of {name!r} in {workdir}",
             "use another --workdir, or --overwrite to delete it",
+            defaults=defaults,
         )
     return {n: r for n, r in rows.items() if n not in selected}
 
