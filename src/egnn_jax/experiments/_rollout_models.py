@@ -225,12 +225,23 @@ class _Step(_Rollout):
 
 
 class _Integrated(_Rollout):
-    """A learned acceleration integrated by leapfrog."""
+    """A learned acceleration integrated by leapfrog: ``init_fn`` and ``acceleration_fn``
+    are the `egnn_jax.dynamics` pair of the kind, ``fn(..., config, state, edge_fn=...)``."""
 
     options: ClassVar[dict[str, Any]] = {**_Rollout.options, "substeps": 1}
+    init_fn: ClassVar[Any]
+    acceleration_fn: ClassVar[Any]
+
+    def _config(self, spec):
+        return _egnn_config(spec, velocity=False)
+
+    def init(self, spec, key, batch):
+        state = _one(_first_state(batch))
+        return self.init_fn(key, self._config(spec), state, edge_fn=self.edge_fn(spec))
 
     def acceleration(self, spec):
-        raise NotImplementedError
+        cfg, edge_fn, accel = self._config(spec), self.edge_fn(spec), self.acceleration_fn
+        return lambda p, s: accel(p, cfg, s, edge_fn=edge_fn)
 
     def unroll(self, spec, params, state, num_steps, bounded=False, pushforward=False):
         if pushforward:
@@ -250,29 +261,13 @@ class _Integrated(_Rollout):
 
 
 class _ForceField(_Integrated):
-    def _config(self, spec):
-        return _egnn_config(spec, velocity=False)
-
-    def init(self, spec, key, batch):
-        state = _one(_first_state(batch))
-        return dyn.force_field_init(key, self._config(spec), state, self.edge_fn(spec))
-
-    def acceleration(self, spec):
-        cfg, edge_fn = self._config(spec), self.edge_fn(spec)
-        return lambda p, s: dyn.force_field(p, cfg, s, edge_fn)
+    init_fn = staticmethod(dyn.force_field_init)
+    acceleration_fn = staticmethod(dyn.force_field)
 
 
 class _Potential(_Integrated):
-    def _config(self, spec):
-        return _egnn_config(spec, velocity=False)
-
-    def init(self, spec, key, batch):
-        state = _one(_first_state(batch))
-        return dyn.potential_init(key, self._config(spec), state, self.edge_fn(spec))
-
-    def acceleration(self, spec):
-        cfg, edge_fn = self._config(spec), self.edge_fn(spec)
-        return lambda p, s: dyn.potential_acceleration(p, cfg, s, edge_fn=edge_fn)
+    init_fn = staticmethod(dyn.potential_init)
+    acceleration_fn = staticmethod(dyn.potential_acceleration)
 
 
 class _OneShot(_Rollout):

@@ -120,13 +120,14 @@ class RolloutConfig(IterationsConfig):
     n_train: int = 8_000
     n_valid: int = 1_000
     n_test: int = 1_000
-    n_saved: int = 500
-    t_end: float = 2.0
+    # The seed study's simulation (the simulator's defaults).
+    n_saved: int = sim.ThreeBodyConfig.n_saved
+    t_end: float = sim.ThreeBodyConfig.t_end
     long_t_end: float = 8.0
     n_long_test: int = 1_000
     long_test_seed: int = 1
-    G: float = 1.0
-    softening: float = 0.1
+    G: float = sim.ThreeBodyConfig.G
+    softening: float = sim.ThreeBodyConfig.softening
     sampler: str = "numpy-legacy"
     first_frame: int = 30
     last_frame: int = 40
