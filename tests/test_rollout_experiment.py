@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -171,6 +172,22 @@ def test_charged_system_quick(tmp_path, data_dir):
     assert "| model | trajectory MSE (frames 31-40) |" in rollout.EXPERIMENT.format_table(metrics)
 
 
+def test_charged_training_windows_can_come_from_more_frames(data_dir):
+    cfg = dataclasses.replace(
+        rollout.quick_config("charged"),
+        models=("linear", "multi_step"),
+        train_first_frame=20,
+        train_last_frame=48,
+    )
+    data = rollout.EXPERIMENT.load_data(cfg, data_dir, False)
+    assert data.train["x"].shape == (cfg.n_train, 29, 5, 3)
+    # Validation and test keep the task's frames 30 to 40.
+    assert data.valid["x"].shape[1] == data.test["x"].shape[1] == 11
+    default = rollout.EXPERIMENT.load_data(rollout.quick_config("charged"), data_dir, False)
+    np.testing.assert_array_equal(data.train["x"][:, 10:21], default.train["x"])
+    np.testing.assert_array_equal(data.test["x"], default.test["x"])
+
+
 def test_default_workdir_follows_the_system():
     args = build_parser(rollout.EXPERIMENT).parse_args(["--system", "charged"])
     assert (
@@ -188,6 +205,13 @@ def test_config_validation():
     cfg = rollout.RolloutConfig()
     assert cfg.dt == pytest.approx(2 / 499) and cfg.n_long_saved == 1997
     assert rollout.charged_config().dt == pytest.approx(0.1)
+    charged = rollout.charged_config()
+    with pytest.raises(ValueError, match="one_shot learns from the first training frame"):
+        dataclasses.replace(charged, train_first_frame=0, train_last_frame=48)
+    with pytest.raises(ValueError, match="must lie in 0:48"):
+        dataclasses.replace(charged, models=("linear",), train_first_frame=0, train_last_frame=49)
+    with pytest.raises(ValueError, match="needs more train frames"):
+        dataclasses.replace(charged, models=("linear",), train_first_frame=30, train_last_frame=35)
     spec = rollout.EXPERIMENT.model_spec("multi_step", cfg)
     assert dict(spec.options)["window"] == 8 and spec.kind == "step"
     naive = dict(rollout.EXPERIMENT.model_spec("naive_step", cfg).options)

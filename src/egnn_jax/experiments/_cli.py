@@ -85,12 +85,12 @@ def build_parser(experiment: Experiment) -> argparse.ArgumentParser:
 
 def _config(experiment: Experiment, args, parser: argparse.ArgumentParser):
     config = experiment.initial_config(args)
-    overrides = {
-        "seed": args.seed,
-        "train_seed": args.train_seed,
-        "models": None if args.models is None else tuple(args.models.split(",")),
-    } | experiment.config_overrides(args)
     try:
+        overrides = {
+            "seed": args.seed,
+            "train_seed": args.train_seed,
+            "models": None if args.models is None else tuple(args.models.split(",")),
+        } | experiment.config_overrides(args)
         config = dataclasses.replace(
             config, **{k: v for k, v in overrides.items() if v is not None}
         )

@@ -100,7 +100,12 @@ class RolloutConfig(IterationsConfig):
             spacing, other systems).
         G, softening: the three-body physics (for the true simulator and the energy).
         sampler, first_frame, last_frame: the charged data (the reference generator's
-            stream) and the frames used (30 to 40: the paper's task).
+            stream) and the frames of the task (30 to 40: the paper's), on which validation
+            and test roll out.
+        train_first_frame, train_last_frame: the charged frames the trained models draw their
+            windows from (default: the task's). The training trajectories hold frames 0 to
+            48; a wider range gives the step models more windows of the same trajectories
+            (the one-shot model, which learns from a window's first frame, needs the task's).
         iterations, eval_interval: as in `IterationsConfig` (the learning rate decays
             along a cosine over the run: `lr_schedule`).
         window, curriculum_steps: the multi-step models' unroll length K and the steps over
@@ -131,6 +136,8 @@ class RolloutConfig(IterationsConfig):
     sampler: str = "numpy-legacy"
     first_frame: int = 30
     last_frame: int = 40
+    train_first_frame: int = 30
+    train_last_frame: int = 40
     iterations: int = 6_000
     eval_interval: int = 500
     window: int = 8
@@ -161,6 +168,21 @@ class RolloutConfig(IterationsConfig):
             raise ValueError(f"n_train={self.n_train} < batch_size={self.batch_size}")
         if self.window >= self.frames:
             raise ValueError(f"window={self.window} needs more than {self.window} frames")
+        if self.system == "charged":
+            train = (self.train_first_frame, self.train_last_frame)
+            if not 0 <= train[0] < train[1] < sim.ChargedConfig().n_frames:
+                raise ValueError(
+                    f"train frames {train[0]}:{train[1]} must lie in 0:"
+                    f"{sim.ChargedConfig().n_frames - 1}, first < last"
+                )
+            if self.window > train[1] - train[0]:
+                raise ValueError(f"window={self.window} needs more train frames than {train}")
+            if "one_shot" in self.models and train != (self.first_frame, self.last_frame):
+                raise ValueError(
+                    "one_shot learns from the first training frame, so it needs the task's "
+                    f"frames {self.first_frame}:{self.last_frame} for training; got "
+                    f"{train[0]}:{train[1]} (leave one_shot out with --models)"
+                )
         if self.system == "three-body" and self.long_t_end <= self.t_end:
             raise ValueError("long_t_end must exceed t_end")
         super().__post_init__()
@@ -279,9 +301,11 @@ def _three_body(config: RolloutConfig, data_dir: Path, progress) -> ExperimentDa
 
 
 def _charged(config: RolloutConfig, data_dir: Path, progress) -> ExperimentData:
-    frames = slice(config.first_frame, config.last_frame + 1)
+    task_frames = slice(config.first_frame, config.last_frame + 1)
+    train_frames = slice(config.train_first_frame, config.train_last_frame + 1)
     splits, metadata = [], {"dt": config.dt, "frames": config.frames}
     for split, n in (("train", config.n_train), ("valid", config.n_valid), ("test", config.n_test)):
+        frames = train_frames if split == "train" else task_frames
         ds = sim.charged_split(
             data_dir,
             split,
@@ -409,9 +433,23 @@ class Rollout(Experiment):
         parser.add_argument("--system", choices=SYSTEMS, help="three-body (default) or charged")
         parser.add_argument("--iterations", type=int, help="optimisation steps per model")
         parser.add_argument("--window", type=int, help="unroll length K of the multi-step models")
+        parser.add_argument(
+            "--train-frames",
+            metavar="FIRST:LAST",
+            help="charged: the frames the trained models draw windows from (default 30:40)",
+        )
 
     def config_overrides(self, args):
-        return {"iterations": args.iterations, "window": args.window}
+        overrides = {"iterations": args.iterations, "window": args.window}
+        if args.train_frames is not None:
+            try:
+                first, last = (int(f) for f in args.train_frames.split(":"))
+            except ValueError:
+                raise ValueError(
+                    f"--train-frames takes FIRST:LAST, got {args.train_frames!r}"
+                ) from None
+            overrides |= {"train_first_frame": first, "train_last_frame": last}
+        return overrides
 
     def model_spec(self, name, config):
         dt = config.dt
