@@ -14,7 +14,8 @@ from jaxtyping import install_import_hook  # noqa: E402
 
 # Check the jaxtyping shape annotations of the core at run time (as equinox/diffrax do).
 with install_import_hook(
-    ["egnn_jax._api", "egnn_jax._graph", "egnn_jax._egcl"], "beartype.beartype"
+    ["egnn_jax._api", "egnn_jax._graph", "egnn_jax._egcl", "egnn_jax._hegnn", "egnn_jax.hegnn"],
+    "beartype.beartype",
 ):
     import egnn_jax  # noqa: E402, F401
 

@@ -6,14 +6,23 @@ The public API:
     params = egnn_jax.init(key, config, h, x, v=v, edge_attr=a)
     h_out, x_out = egnn_jax.apply(params, config, h, x, v=v, edge_attr=a, node_mask=mask)
 
+HEGNN (Cen et al., NeurIPS 2024; EGNN with steerable features of degree 0 ... L) has the same
+entry points in its own namespace:
+
+    config = egnn_jax.HEGNNConfig(hidden_features=64, num_layers=4, max_degree=3)
+    params = egnn_jax.hegnn.init(key, config, h, x, v=v, edge_attr=a)
+    h_out, x_out = egnn_jax.hegnn.apply(params, config, h, x, v=v, edge_attr=a)
+
 `egnn_jax.sim` holds the simulators, `egnn_jax.testing` the equivariance checks and
 `egnn_jax.experiments` the training pipelines.
 """
 
+from . import hegnn as hegnn
 from . import testing as testing
 from ._api import apply as apply
 from ._api import init as init
 from ._config import EGNNConfig as EGNNConfig
+from ._config import HEGNNConfig as HEGNNConfig
 from ._egcl import EGCL as EGCL
 from ._egcl import EGNN as EGNN
 from ._graph import DenseGraph as DenseGraph

@@ -24,6 +24,28 @@ def _validate(config: EGNNConfig, h, x, v, edge_attr, node_mask, senders, receiv
     """Static (trace-time) checks of every argument; returns the graph backend."""
     if not isinstance(config, EGNNConfig):
         raise TypeError(f"config must be an egnn_jax.EGNNConfig, got {type(config).__name__}")
+    return _validate_graph(
+        h, x, v, edge_attr, node_mask, senders, receivers, velocity=config.velocity
+    )
+
+
+def _validate_graph(
+    h,
+    x,
+    v,
+    edge_attr,
+    node_mask,
+    senders,
+    receivers,
+    *,
+    velocity: bool,
+    config_name: str = "EGNNConfig",
+):
+    """The checks `_validate` shares with the other models: arrays, velocity, graph layout.
+
+    `velocity` says whether `v` is required (True) or forbidden (False); `config_name` names
+    the config class in the message for an unexpected `v`.
+    """
     for name, a in (("h", h), ("x", x)):
         if a is None or a.ndim != 2:
             raise ValueError(f"{name} must have rank 2 ([nodes, features]), got shape {_shape(a)}")
@@ -43,13 +65,15 @@ def _validate(config: EGNNConfig, h, x, v, edge_attr, node_mask, senders, receiv
     if len(set(dtypes.values())) > 1:
         raise ValueError(f"h, x, v and edge_attr must share one dtype, got {dtypes}")
 
-    if config.velocity:
+    if velocity:
         if v is None:
             raise ValueError("config.velocity is True, so v ([nodes, n]) is required")
         if v.shape != x.shape:
             raise ValueError(f"v must have the shape of x, got v {_shape(v)} and x {_shape(x)}")
     elif v is not None:
-        raise ValueError("v was given but config.velocity is False; use EGNNConfig(velocity=True)")
+        raise ValueError(
+            f"v was given but config.velocity is False; use {config_name}(velocity=True)"
+        )
 
     num_nodes = h.shape[0]
     if (senders is None) != (receivers is None):
@@ -94,13 +118,19 @@ def _validate(config: EGNNConfig, h, x, v, edge_attr, node_mask, senders, receiv
     return SparseGraph(senders, receivers, num_nodes)
 
 
-def _check_params(params, h, edge_attr):
-    """Clear errors when params were initialised for other feature widths."""
+def _check_params(
+    params, h, edge_attr, *, edge_layer: str = "layer_0", init_name: str = "egnn_jax.init"
+):
+    """Clear errors when params were initialised for other feature widths.
+
+    `edge_layer` names the module whose `edge_in` kernel reads `[h_i, h_j, one distance, a_ij]`
+    (its width gives the edge-attribute width); `init_name` names the matching `init`.
+    """
     try:
         embed = params["params"]["embedding"]["kernel"]
-        edge_in = params["params"]["layer_0"]["edge_in"]["kernel"]
+        edge_in = params["params"][edge_layer]["edge_in"]["kernel"]
     except (KeyError, TypeError) as err:
-        raise ValueError("params is not a tree returned by egnn_jax.init") from err
+        raise ValueError(f"params is not a tree returned by {init_name}") from err
     if embed.shape[0] != h.shape[1]:
         raise ValueError(f"params expect h with {embed.shape[0]} features, got h {_shape(h)}")
     hidden = embed.shape[1]
@@ -130,14 +160,14 @@ def _check_indices_if_concrete(senders, receivers, num_nodes: int):
             )
 
 
-def _checked_indices(graph):
+def _checked_indices(graph, api_name: str = "egnn_jax.apply"):
     if not isinstance(graph, SparseGraph):
         return graph
     n = graph.num_nodes
     checked = []
     for name, a in (("senders", graph.senders), ("receivers", graph.receivers)):
         bad = jnp.any((a < 0) | (a >= n))
-        checked.append(eqx.error_if(a, bad, f"egnn_jax.apply: {name} index out of range [0, {n})"))
+        checked.append(eqx.error_if(a, bad, f"{api_name}: {name} index out of range [0, {n})"))
     return SparseGraph(checked[0], checked[1], n)
 
 

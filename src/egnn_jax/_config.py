@@ -1,4 +1,4 @@
-"""The frozen hyper-parameter record shared by `init`, `apply` and the Flax modules."""
+"""The frozen hyper-parameter records shared by `init`, `apply` and the Flax modules."""
 
 from __future__ import annotations
 
@@ -82,3 +82,56 @@ class EGNNConfig:
         if self.normalize is False:
             return "none"
         return "clean" if self.normalize is True else self.normalize
+
+
+@dataclasses.dataclass(frozen=True)
+class HEGNNConfig:
+    """Hyper-parameters of a HEGNN stack (hashable, so it can be a static `jax.jit` argument).
+
+    HEGNN (Cen et al., "Are High-Degree Representations Really Unnecessary in Equivariant Graph
+    Neural Networks?", NeurIPS 2024) adds to every node steerable features chi^(l) of degrees
+    l = 0 ... `max_degree` that interact only through their per-degree inner products.
+    Defaults follow the authors' N-body code (GLAD-RUC/HEGNN, `models/HEGNN.py`,
+    `main_nbody.py`).
+
+    Attributes:
+        hidden_features: width of every MLP and of the node embedding (reference: 64).
+        num_layers: number of HEGNN layers (reference: 4).
+        max_degree: L, the highest degree of the steerable features; chi holds
+            (L + 1)^2 numbers per node (reference default `--ell 2`; the paper reports
+            L = 1, 2, 3, 6). L = 0 leaves one invariant scalar per node.
+        velocity: the EGNN velocity variant, x_i <- x_i + mean_j (x_i - x_j) phi_x(m_ij)
+            + phi_v(h_i) v_i (the reference N-body model always uses it); `apply` then
+            needs `v`. `False` drops the phi_v term (the reference's expressivity model).
+        out_features: width of a final linear read-out of `h`; `None` returns the hidden
+            features (width `hidden_features`).
+        residual: h_i <- h_i + phi_h(h_i, m_i); the reference (default `False`) replaces h,
+            h_i <- phi_h(h_i, m_i).
+        stop_sh_gradient: the reference detaches the spherical harmonics Y(r_ij / |r_ij|)
+            that initialise chi, so no gradient reaches x through the edge *directions* of the
+            initialisation (only through |r_ij| and the layers). `False` differentiates
+            through them, which a force field taking -grad_x needs.
+    """
+
+    hidden_features: int = 64
+    num_layers: int = 4
+    max_degree: int = 2
+    velocity: bool = True
+    out_features: int | None = None
+    residual: bool = False
+    stop_sh_gradient: bool = True
+
+    def __post_init__(self):
+        if self.hidden_features < 1:
+            raise ValueError(f"hidden_features must be >= 1, got {self.hidden_features}")
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
+        if not isinstance(self.max_degree, int) or self.max_degree < 0:
+            raise ValueError(f"max_degree must be an int >= 0, got {self.max_degree!r}")
+        if self.out_features is not None and self.out_features < 1:
+            raise ValueError(f"out_features must be None or >= 1, got {self.out_features}")
+
+    @property
+    def steerable_features(self) -> int:
+        """(max_degree + 1)^2: the width of chi, degrees 0 ... L concatenated."""
+        return (self.max_degree + 1) ** 2

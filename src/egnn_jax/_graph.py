@@ -1,8 +1,9 @@
 """Message-passing backends: a dense complete graph with a node mask, and a sparse edge list.
 
-Both expose the same four operations, so the EGCL layer is written once:
+Both expose the same operations, so the EGCL and HEGNN layers are written once:
 
 - `pair(at_receiver, at_sender)`: combine a per-node quantity of i and one of j on every edge;
+- `pair_product(at_receiver, at_sender)`: their elementwise product a_i * b_j on every edge;
 - `diff(x)`: x_i - x_j on every edge;
 - `aggregate(per_edge)`: sum over the incoming edges of every node i;
 - `inv_degree(dtype)`: 1 / (number of neighbours of i), 0 for isolated nodes.
@@ -60,6 +61,9 @@ class DenseGraph(NamedTuple):
     def pair(self, at_receiver: NodeHidden, at_sender: NodeHidden) -> EdgeHidden:
         return at_receiver[:, None, :] + self._neighbour_rows(at_sender)
 
+    def pair_product(self, at_receiver: NodeHidden, at_sender: NodeHidden) -> EdgeHidden:
+        return at_receiver[:, None, :] * self._neighbour_rows(at_sender)
+
     def diff(self, x: Positions) -> EdgeVectors:
         return x[:, None, :] - self._neighbour_rows(x)
 
@@ -93,6 +97,9 @@ class SparseGraph(NamedTuple):
 
     def pair(self, at_receiver: NodeHidden, at_sender: NodeHidden) -> EdgeHidden:
         return at_receiver[self.receivers] + at_sender[self.senders]
+
+    def pair_product(self, at_receiver: NodeHidden, at_sender: NodeHidden) -> EdgeHidden:
+        return at_receiver[self.receivers] * at_sender[self.senders]
 
     def diff(self, x: Positions) -> EdgeVectors:
         return x[self.receivers] - x[self.senders]
