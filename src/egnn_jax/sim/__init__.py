@@ -4,11 +4,13 @@
   (:class:`ThreeBodyConfig`, :func:`simulate_three_body`, :func:`three_body_trajectory`).
 * The EGNN paper's charged-particles benchmark (:class:`ChargedConfig`,
   :func:`simulate_charged`, :func:`charged_trajectory`, :func:`charged_splits`).
+* Charged N-body systems of any size, the GMN / HEGNN / FastEGNN protocol
+  (:class:`NBodyConfig`, :func:`simulate_nbody`, :func:`nbody_forces`).
 * :class:`Leapfrog` and :class:`Yoshida6`, symplectic Diffrax solvers for ``x'' = a(x)``.
 * The dataset container every simulator returns (:class:`Dataset`) and a cache of generated
   datasets (:func:`load_or_simulate`).
 
-Command line: ``python -m egnn_jax.sim {three-body,charged} --help``.
+Command line: ``python -m egnn_jax.sim {three-body,charged,nbody} --help``.
 """
 
 from ._cache import cache_path as cache_path
@@ -26,6 +28,9 @@ from ._dataset import CorruptDatasetError as CorruptDatasetError
 from ._dataset import Dataset as Dataset
 from ._dataset import load_dataset as load_dataset
 from ._dataset import save_dataset as save_dataset
+from ._nbody import NBodyConfig as NBodyConfig
+from ._nbody import nbody_forces as nbody_forces
+from ._nbody import simulate_nbody as simulate_nbody
 from ._three_body import ThreeBodyConfig as ThreeBodyConfig
 from ._three_body import gravity_acceleration as gravity_acceleration
 from ._three_body import gravity_energy as gravity_energy

@@ -1,7 +1,7 @@
-"""Command line: ``python -m egnn_jax.sim {three-body,charged} --n N --seed S --out FILE.npz``.
+"""Command line: ``python -m egnn_jax.sim {three-body,charged,nbody} --n N --out FILE.npz``.
 
 Writes ``x [N, T, M, dim]``, ``v [N, T, M, dim]``, ``t [T]`` and ``masses [N, M]`` (three-body)
-or ``charges [N, M]`` (charged), plus the full config and run metadata as JSON in the array
+or ``charges [N, M]`` (charged, nbody), plus the full config and run metadata as JSON in the array
 ``metadata_json``.  The file is written atomically.
 """
 
@@ -14,6 +14,7 @@ import sys
 
 from ._charged import SAMPLERS, ChargedConfig
 from ._dataset import save_dataset
+from ._nbody import NBodyConfig
 from ._three_body import ThreeBodyConfig
 
 
@@ -31,15 +32,22 @@ def _masses(s: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"masses must be comma-separated floats; got {s}") from e
 
 
+def _frames(s: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(f) for f in s.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"frames must be comma-separated integers; got {s}") from e
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    tb, ch = ThreeBodyConfig(), ChargedConfig()
+    tb, ch, nb = ThreeBodyConfig(), ChargedConfig(), NBodyConfig()
     parser = argparse.ArgumentParser(
         prog="python -m egnn_jax.sim",
         description="Simulate a dataset and write it to an .npz file (arrays + JSON metadata).",
         formatter_class=fmt,
     )
-    sub = parser.add_subparsers(dest="system", required=True, metavar="{three-body,charged}")
+    sub = parser.add_subparsers(dest="system", required=True, metavar="{three-body,charged,nbody}")
 
     p = sub.add_parser(
         "three-body",
@@ -123,6 +131,43 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-size", type=_positive_int, default=ch.chunk_size, help="trajectories per batch"
     )
     c.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    b = sub.add_parser(
+        "nbody",
+        help="charged N-body systems of any size, the GMN / HEGNN / FastEGNN protocol",
+        description="N bodies, charges +-1, no box, positions N(0, ((N/5)^(1/3) + 0.1)^2), "
+        "speeds 0.5; semi-implicit Euler with dt=0.001 for 5000 steps, force components "
+        "clipped to +-100; frame k = state after 100k + 1 steps (50 frames).",
+        formatter_class=fmt,
+    )
+    b.add_argument("--bodies", type=_positive_int, default=nb.n_bodies, help="bodies N")
+    b.add_argument("--n", type=_positive_int, default=nb.n_trajectories, help="trajectories")
+    b.add_argument("--seed", type=int, default=nb.seed, help="PRNG seed")
+    b.add_argument("--out", required=True, help="output .npz path")
+    b.add_argument(
+        "--split",
+        choices=("train", "valid", "test"),
+        default=nb.split,
+        help="independent PRNG stream of the seed",
+    )
+    b.add_argument("--dim", type=int, choices=(2, 3), default=nb.dim, help="spatial dimension")
+    b.add_argument("--n-steps", type=_positive_int, default=nb.n_steps, help="integration steps")
+    b.add_argument(
+        "--save-every", type=_positive_int, default=nb.save_every, help="steps between frames"
+    )
+    b.add_argument("--dt", type=float, default=nb.dt, help="time step")
+    b.add_argument(
+        "--frames",
+        type=_frames,
+        help="comma-separated frames to keep (default: all), e.g. 30,40",
+    )
+    b.add_argument(
+        "--precision", choices=("float32", "float64"), default=nb.precision, help="compute dtype"
+    )
+    b.add_argument(
+        "--chunk-size", type=_positive_int, default=nb.chunk_size, help="trajectories per batch"
+    )
+    b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
@@ -150,6 +195,23 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
             )
             ds = simulate_three_body(cfg, progress=not args.no_progress)
+        elif args.system == "nbody":
+            from ._nbody import simulate_nbody
+
+            cfg = NBodyConfig(
+                n_trajectories=args.n,
+                n_bodies=args.bodies,
+                dim=args.dim,
+                n_steps=args.n_steps,
+                save_every=args.save_every,
+                dt=args.dt,
+                frames=args.frames,
+                split=args.split,
+                precision=args.precision,
+                chunk_size=args.chunk_size,
+                seed=args.seed,
+            )
+            ds = simulate_nbody(cfg, progress=not args.no_progress)
         else:
             from ._charged import simulate_charged
 

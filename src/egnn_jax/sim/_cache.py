@@ -16,6 +16,7 @@ from ._dataset import (
     load_dataset,
     save_dataset,
 )
+from ._nbody import NBodyConfig, simulate_nbody
 from ._three_body import ThreeBodyConfig, simulate_three_body
 
 __all__ = ["cache_path", "charged_split", "charged_splits", "load_or_simulate"]
@@ -24,6 +25,7 @@ __all__ = ["cache_path", "charged_split", "charged_splits", "load_or_simulate"]
 SIMULATORS: dict[type, tuple[str, Callable[..., Dataset]]] = {
     ThreeBodyConfig: ("three-body", simulate_three_body),
     ChargedConfig: ("charged", simulate_charged),
+    NBodyConfig: ("nbody", simulate_nbody),
 }
 
 
@@ -50,7 +52,7 @@ def load_or_simulate(cfg, cache_dir: str | os.PathLike, *, progress: bool = True
     the dataset is regenerated and rewritten atomically.
 
     Arguments:
-        cfg: a simulator config (`ThreeBodyConfig`, `ChargedConfig`).
+        cfg: a simulator config (`ThreeBodyConfig`, `ChargedConfig`, `NBodyConfig`).
         cache_dir: folder for the ``.npz`` files (created if needed).
         progress: progress bar while generating.
 
