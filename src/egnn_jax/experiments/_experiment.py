@@ -107,6 +107,11 @@ class ExperimentConfig:
         return None
 
     @property
+    def eval_batch_size(self) -> int | None:
+        """Validate in batches of this many samples (None: the whole split at once)."""
+        return None
+
+    @property
     def effective_train_seed(self) -> int:
         return self.seed if self.train_seed is None else self.train_seed
 

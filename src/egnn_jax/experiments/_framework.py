@@ -280,6 +280,7 @@ def _training_run(
         eval_every=config.eval_every,
         checkpoint_every=config.checkpoint_every,
         patience=config.patience,
+        eval_batch_size=config.eval_batch_size,
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
         workdir=workdir,

@@ -20,7 +20,8 @@ featurisation. Each model kind reads only its own inputs (`ModelKind.inputs`):
 
 Kinds (`MODEL_KINDS`): ``linear`` (x0 + t v0 with one scalar t, *fitted* by least squares, not
 trained), ``gnn`` (`GNN`), ``radial_field`` (`RadialField`), ``egnn`` (`egnn_jax.apply` under
-`jax.vmap`; options are `EGNNConfig` fields, e.g. ``velocity=True`` for eq. 7). Named presets
+`jax.vmap`; options are `EGNNConfig` fields, e.g. ``velocity=True`` for eq. 7), ``hegnn``
+(`egnn_jax.hegnn`, options `HEGNNConfig` fields, e.g. ``max_degree``). Named presets
 (`PRESETS`): ``linear``, ``gnn``, ``radial_field``, ``egnn``, ``egnn_vel``. The learned
 simulators of `_rollout_models` (``step``, ``force_field``, ``potential``, ``one_shot``, ...)
 are kinds of the same registry, over batches of whole trajectories.
@@ -140,12 +141,40 @@ class _EGNN:
         return jax.vmap(one)(batch["node_feat"], batch["x0"], batch["v0"], batch["edge_attr"])
 
 
+class _HEGNN(_EGNN):
+    """HEGNN (`egnn_jax.hegnn`) on the EGNN's inputs; options are `HEGNNConfig` fields."""
+
+    def config(self, spec) -> egnn_jax.HEGNNConfig:
+        return egnn_jax.HEGNNConfig(
+            hidden_features=spec.hidden_features,
+            num_layers=spec.num_layers,
+            **dict(spec.options),
+        )
+
+    def init(self, spec, key, batch):
+        cfg, one = self.config(spec), _first(batch)
+        v = one["v0"] if cfg.velocity else None
+        return egnn_jax.hegnn.init(
+            key, cfg, one["node_feat"], one["x0"], v=v, edge_attr=one["edge_attr"]
+        )
+
+    def predict(self, spec, params, batch):
+        cfg = self.config(spec)
+
+        def one(h, x, v, a):
+            v = v if cfg.velocity else None
+            return egnn_jax.hegnn.apply(params, cfg, h, x, v=v, edge_attr=a)[1]
+
+        return jax.vmap(one)(batch["node_feat"], batch["x0"], batch["v0"], batch["edge_attr"])
+
+
 # kind -> implementation. A new model family registers its kind here.
 MODEL_KINDS: dict[str, Any] = {
     "linear": _Linear(),
     "gnn": _GNN(),
     "radial_field": _RadialField(),
     "egnn": _EGNN(),
+    "hegnn": _HEGNN(),
     **ROLLOUT_KINDS,  # learned simulators over whole trajectories (`_rollout_models`)
 }
 
@@ -189,7 +218,7 @@ class ModelSpec:
         impl = MODEL_KINDS[self.kind]
         if hasattr(impl, "validate"):
             impl.validate(self)  # the options are checked now, not at first use
-        elif self.kind == "egnn":
+        elif self.kind in ("egnn", "hegnn"):
             impl.config(self)
         elif self.options:
             raise ValueError(f"kind {self.kind!r} takes no options, got {dict(self.options)}")
