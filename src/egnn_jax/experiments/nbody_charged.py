@@ -33,12 +33,10 @@ from egnn_jax.sim import SAMPLERS, charged_split
 
 from ._cli import entry_points
 from ._experiment import (
-    EvaluationFileError,
-    Experiment,
     ExperimentConfig,
     ExperimentData,
-    load_npz,
 )
+from ._frame_task import FrameTask
 from ._models import ModelSpec, label
 from ._report import markdown_table
 
@@ -223,19 +221,20 @@ def export_split(
     return path
 
 
-class NBodyCharged(Experiment):
+class NBodyCharged(FrameTask):
     name = "nbody_charged"
     description = "Charged N-body (EGNN paper, Table 2): frame 30 -> frame 40"
     Config = NBodyExperimentConfig
     model_names = MODEL_NAMES
     default_workdir = Path("experiments/results/nbody_charged")
-    data_keys = ("x0", "v0", "charges", "target")
-    history_unit = "epoch"
+    featurise = staticmethod(featurise)
+    export_split = staticmethod(export_split)
 
     def quick_config(self):
         return quick_config()
 
     def add_arguments(self, parser):
+        super().add_arguments(parser)
         parser.add_argument("--epochs", type=int, help="epochs per model (10000)")
         parser.add_argument(
             "--sampler",
@@ -243,23 +242,9 @@ class NBodyCharged(Experiment):
             help="initial conditions: JAX PRNG (default) or NumPy's legacy stream in the "
             "reference generator's order; '--sampler numpy-legacy --seed 43' is the paper's data",
         )
-        parser.add_argument(
-            "--export",
-            nargs=2,
-            metavar=("SPLIT", "FILE.npz"),
-            help="write SPLIT (train, valid, test) of the data in the --evaluate format and exit",
-        )
 
     def config_overrides(self, args):
         return {"epochs": args.epochs, "sampler": args.sampler}
-
-    def command(self, config, args):
-        if args.export is None:
-            return None
-        split, path = args.export
-        data_dir = args.workdir / "data" if args.data_dir is None else args.data_dir
-        print(f"wrote {export_split(config, split, path, data_dir)}")
-        return 0
 
     def load_data(self, config, data_dir, progress):
         sizes = {"train": config.n_train, "valid": config.n_valid, "test": config.n_test}
@@ -270,15 +255,6 @@ class NBodyCharged(Experiment):
         }
         frames = [_frames(datasets[split], n) for split, n in sizes.items()]
         return ExperimentData(*frames, metadata)
-
-    def read_evaluation_file(self, config, path):
-        f = load_npz(path, ("x0", "v0", "q", "xT"))
-        try:
-            if f["xT"].shape != f["x0"].shape:
-                raise ValueError(f"xT must have the shape of x0 {f['x0'].shape}")
-            return featurise(f["x0"], f["v0"], f["q"], f["xT"])
-        except ValueError as e:
-            raise EvaluationFileError(f"{path}: {e}") from e
 
     def extra_results(self, config, spec, params, data):
         batch100 = jax.tree.map(lambda a: a[:100], data.test)

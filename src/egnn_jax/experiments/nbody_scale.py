@@ -38,12 +38,10 @@ from egnn_jax.sim import NBodyConfig, load_or_simulate
 
 from ._cli import entry_points
 from ._experiment import (
-    EvaluationFileError,
-    Experiment,
     ExperimentConfig,
     ExperimentData,
-    load_npz,
 )
+from ._frame_task import FrameTask
 from ._models import ModelSpec, mse
 from ._report import markdown_table
 from .nbody_charged import forward_ms
@@ -293,14 +291,14 @@ def _chunked_predict(spec: ModelSpec, params, batch: dict, chunk: int) -> jax.Ar
     return jnp.concatenate(parts)
 
 
-class NBodyScale(Experiment):
+class NBodyScale(FrameTask):
     name = "nbody_scale"
     description = "Charged N-body of 5/20/50/100 bodies (HEGNN's benchmark): frame 30 -> 40"
     Config = NBodyScaleConfig
     model_names = MODEL_NAMES
     default_workdir = Path("experiments/results/nbody_scale/5")
-    data_keys = ("x0", "v0", "charges", "target")
-    history_unit = "epoch"
+    featurise = staticmethod(featurise)
+    export_split = staticmethod(export_split)
 
     def quick_config(self):
         return quick_config()
@@ -310,25 +308,12 @@ class NBodyScale(Experiment):
         return Path("experiments/results/nbody_scale") / str(bodies)
 
     def add_arguments(self, parser):
+        super().add_arguments(parser)
         parser.add_argument("--bodies", type=int, help="number of bodies N (5, 20, 50, 100)")
         parser.add_argument("--epochs", type=int, help="epochs per model at most (2500)")
-        parser.add_argument(
-            "--export",
-            nargs=2,
-            metavar=("SPLIT", "FILE.npz"),
-            help="write SPLIT (train, valid, test) of the data in the --evaluate format and exit",
-        )
 
     def config_overrides(self, args):
         return {"bodies": args.bodies, "epochs": args.epochs}
-
-    def command(self, config, args):
-        if args.export is None:
-            return None
-        split, path = args.export
-        data_dir = args.workdir / "data" if args.data_dir is None else args.data_dir
-        print(f"wrote {export_split(config, split, path, data_dir)}")
-        return 0
 
     def model_spec(self, name, config):
         width, depth = config.hidden_features, config.num_layers
@@ -354,15 +339,6 @@ class NBodyScale(Experiment):
     def metrics(self, config, spec, params, batch):
         chunk = config.eval_batch_size or batch["x0"].shape[0]
         return {"mse": float(mse(_chunked_predict(spec, params, batch, chunk), batch["target"]))}
-
-    def read_evaluation_file(self, config, path):
-        f = load_npz(path, ("x0", "v0", "q", "xT"))
-        try:
-            if f["xT"].shape != f["x0"].shape:
-                raise ValueError(f"xT must have the shape of x0 {f['x0'].shape}")
-            return featurise(f["x0"], f["v0"], f["q"], f["xT"])
-        except ValueError as e:
-            raise EvaluationFileError(f"{path}: {e}") from e
 
     def extra_results(self, config, spec, params, data):
         batch = jax.tree.map(lambda a: a[: min(100, a.shape[0])], data.test)
