@@ -6,11 +6,13 @@
   :func:`simulate_charged`, :func:`charged_trajectory`, :func:`charged_splits`).
 * Charged N-body systems of any size, the GMN / HEGNN / FastEGNN protocol
   (:class:`NBodyConfig`, :func:`simulate_nbody`, :func:`nbody_forces`).
+* Hard spheres in a box with elastic collisions at their exact times, billiards or softened
+  gravity (:class:`CollisionsConfig`, :func:`simulate_collisions`, :func:`collisions_trajectory`).
 * :class:`Leapfrog` and :class:`Yoshida6`, symplectic Diffrax solvers for ``x'' = a(x)``.
 * The dataset container every simulator returns (:class:`Dataset`) and a cache of generated
   datasets (:func:`load_or_simulate`).
 
-Command line: ``python -m egnn_jax.sim {three-body,charged,nbody} --help``.
+Command line: ``python -m egnn_jax.sim {three-body,charged,nbody,collisions} --help``.
 """
 
 from ._cache import cache_path as cache_path
@@ -24,6 +26,12 @@ from ._charged import charged_forces as charged_forces
 from ._charged import charged_trajectory as charged_trajectory
 from ._charged import sample_charged_initial_conditions as sample_charged_initial_conditions
 from ._charged import simulate_charged as simulate_charged
+from ._collisions import CollisionsConfig as CollisionsConfig
+from ._collisions import collisions_trajectory as collisions_trajectory
+from ._collisions import (
+    sample_collisions_initial_conditions as sample_collisions_initial_conditions,
+)
+from ._collisions import simulate_collisions as simulate_collisions
 from ._dataset import CorruptDatasetError as CorruptDatasetError
 from ._dataset import Dataset as Dataset
 from ._dataset import load_dataset as load_dataset

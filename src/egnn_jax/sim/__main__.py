@@ -1,8 +1,9 @@
-"""Command line: ``python -m egnn_jax.sim {three-body,charged,nbody} --n N --out FILE.npz``.
+"""Command line: ``python -m egnn_jax.sim SYSTEM --n N --out FILE.npz``.
 
-Writes ``x [N, T, M, dim]``, ``v [N, T, M, dim]``, ``t [T]`` and ``masses [N, M]`` (three-body)
-or ``charges [N, M]`` (charged, nbody), plus the full config and run metadata as JSON in the array
-``metadata_json``.  The file is written atomically.
+SYSTEM is three-body, charged, nbody or collisions. Writes ``x [N, T, M, dim]``,
+``v [N, T, M, dim]``, ``t [T]``, and ``masses [N, M]`` (three-body; collisions, which adds
+``radius`` and ``box``) or ``charges [N, M]`` (charged, nbody), plus the full config and run
+metadata as JSON in the array ``metadata_json``.  The file is written atomically.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import sys
 
 from ._charged import SAMPLERS, ChargedConfig
+from ._collisions import FORCES, CollisionsConfig
 from ._dataset import save_dataset
 from ._nbody import NBodyConfig
 from ._three_body import ThreeBodyConfig
@@ -41,13 +43,15 @@ def _frames(s: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    tb, ch, nb = ThreeBodyConfig(), ChargedConfig(), NBodyConfig()
+    tb, ch, nb, co = ThreeBodyConfig(), ChargedConfig(), NBodyConfig(), CollisionsConfig()
     parser = argparse.ArgumentParser(
         prog="python -m egnn_jax.sim",
         description="Simulate a dataset and write it to an .npz file (arrays + JSON metadata).",
         formatter_class=fmt,
     )
-    sub = parser.add_subparsers(dest="system", required=True, metavar="{three-body,charged,nbody}")
+    sub = parser.add_subparsers(
+        dest="system", required=True, metavar="{three-body,charged,nbody,collisions}"
+    )
 
     p = sub.add_parser(
         "three-body",
@@ -168,6 +172,41 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-size", type=_positive_int, default=nb.chunk_size, help="trajectories per batch"
     )
     b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    o = sub.add_parser(
+        "collisions",
+        help="hard spheres in a box, elastic collisions at their exact times",
+        description="Discs (2-D) or balls (3-D) of one radius and mass in the box [-L, L]^dim, "
+        "placed uniformly without overlap, velocity components N(0, speed_std^2); perfectly "
+        "elastic body-body and body-wall collisions resolved at their exact times; free flight "
+        "(--forces none, billiards) or softened gravity (--forces gravity).  Frames at "
+        "linspace(0, t_end, n_saved).",
+        formatter_class=fmt,
+    )
+    o.add_argument("--n", type=_positive_int, default=co.n_trajectories, help="trajectories")
+    o.add_argument("--seed", type=int, default=co.seed, help="PRNG seed")
+    o.add_argument("--out", required=True, help="output .npz path")
+    o.add_argument("--dim", type=int, choices=(2, 3), default=co.dim, help="spatial dimension")
+    o.add_argument("--bodies", type=_positive_int, default=co.n_bodies, help="bodies M")
+    o.add_argument("--radius", type=float, default=co.radius, help="sphere radius r")
+    o.add_argument("--box", type=float, default=co.box, help="box half-width L")
+    o.add_argument("--mass", type=float, default=co.mass, help="mass of every body")
+    o.add_argument("--speed-std", type=float, default=co.speed_std, help="velocity scale")
+    o.add_argument("--forces", choices=FORCES, default=co.forces, help="forces between contacts")
+    o.add_argument("--G", type=float, default=co.G, help="gravitational constant (gravity)")
+    o.add_argument("--softening", type=float, default=co.softening, help="Plummer softening")
+    o.add_argument("--t-end", type=float, default=co.t_end, help="time of the last frame")
+    o.add_argument("--n-saved", type=_positive_int, default=co.n_saved, help="saved frames K")
+    o.add_argument(
+        "--substeps", type=_positive_int, default=co.substeps, help="steps per frame (gravity)"
+    )
+    o.add_argument(
+        "--energy-tol", type=float, default=co.energy_tol, help="max relative energy error"
+    )
+    o.add_argument(
+        "--chunk-size", type=_positive_int, default=co.chunk_size, help="trajectories per batch"
+    )
+    o.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
@@ -195,6 +234,28 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
             )
             ds = simulate_three_body(cfg, progress=not args.no_progress)
+        elif args.system == "collisions":
+            from ._collisions import simulate_collisions
+
+            cfg = CollisionsConfig(
+                n_trajectories=args.n,
+                n_bodies=args.bodies,
+                dim=args.dim,
+                radius=args.radius,
+                box=args.box,
+                mass=args.mass,
+                speed_std=args.speed_std,
+                forces=args.forces,
+                G=args.G,
+                softening=args.softening,
+                t_end=args.t_end,
+                n_saved=args.n_saved,
+                substeps=args.substeps,
+                energy_tol=args.energy_tol,
+                chunk_size=args.chunk_size,
+                seed=args.seed,
+            )
+            ds = simulate_collisions(cfg, progress=not args.no_progress)
         elif args.system == "nbody":
             from ._nbody import simulate_nbody
 
@@ -242,6 +303,15 @@ def main(argv: list[str] | None = None) -> int:
         "t": [float(ds.t[0]), float(ds.t[-1])],
         "wall_seconds": round(meta["wall_seconds"], 3),
     }
+    if args.system == "collisions":
+        print(f"redrawn trajectories: {meta['n_redrawn']} (refined: {meta['n_refined']})")
+        for key in (
+            "median_pair_contacts",
+            "median_wall_contacts",
+            "median_rel_energy_error",
+            "max_rel_energy_error",
+        ):
+            summary[key] = meta[key]
     if args.system == "three-body":
         print(f"rejected trajectories: {meta['n_rejected']} (refined: {meta['n_refined']})")
         summary["median_rel_energy_error"] = meta["median_rel_energy_error"]

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ._charged import ChargedConfig, simulate_charged
+from ._collisions import CollisionsConfig, simulate_collisions
 from ._dataset import (
     CorruptDatasetError,
     Dataset,
@@ -26,6 +27,7 @@ SIMULATORS: dict[type, tuple[str, Callable[..., Dataset]]] = {
     ThreeBodyConfig: ("three-body", simulate_three_body),
     ChargedConfig: ("charged", simulate_charged),
     NBodyConfig: ("nbody", simulate_nbody),
+    CollisionsConfig: ("collisions", simulate_collisions),
 }
 
 
@@ -52,7 +54,8 @@ def load_or_simulate(cfg, cache_dir: str | os.PathLike, *, progress: bool = True
     the dataset is regenerated and rewritten atomically.
 
     Arguments:
-        cfg: a simulator config (`ThreeBodyConfig`, `ChargedConfig`, `NBodyConfig`).
+        cfg: a simulator config (`ThreeBodyConfig`, `ChargedConfig`, `NBodyConfig`,
+            `CollisionsConfig`).
         cache_dir: folder for the ``.npz`` files (created if needed).
         progress: progress bar while generating.
 

@@ -25,7 +25,7 @@ __all__ = ["CorruptDatasetError", "Dataset", "load_dataset", "make_metadata", "s
 # stale caches are regenerated instead of silently reused.
 GENERATOR_VERSION = 1
 
-_ARRAYS = ("x", "v", "t", "masses", "charges")
+_ARRAYS = ("x", "v", "t", "masses", "charges", "radius", "box")
 
 
 @dataclasses.dataclass
@@ -41,8 +41,11 @@ class Dataset:
         metadata: JSON-able dict: ``kind``, ``config``, ``seed``, ``versions``,
             ``content_hash``, ``created``, and generator statistics (``n_rejected``,
             ``median_rel_energy_error``, ``wall_seconds``, ...).
-        rel_energy_error: ``[N]`` per-trajectory relative energy error (gravity only; not
-            stored on disk, the summary is in ``metadata``).
+        rel_energy_error: ``[N]`` per-trajectory relative energy error (not stored on disk,
+            the summary is in ``metadata``).
+        radius: the spheres' radius, ``[]`` or ``[N]`` (collisions) or ``None``.
+        box: the box's half-width ``L`` (the box is ``[−L, L]^dim``), ``[]`` or ``[N]``
+            (collisions) or ``None``.
     """
 
     x: np.ndarray
@@ -52,6 +55,8 @@ class Dataset:
     charges: np.ndarray | None
     metadata: dict[str, Any]
     rel_energy_error: np.ndarray | None = None
+    radius: np.ndarray | None = None
+    box: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -156,4 +161,6 @@ def load_dataset(path: str | os.PathLike, *, verify: bool = True) -> Dataset:
         masses=arrays.get("masses"),
         charges=arrays.get("charges"),
         metadata=meta,
+        radius=arrays.get("radius"),
+        box=arrays.get("box"),
     )
