@@ -13,10 +13,17 @@
         lambda p, s: egnn_jax.dynamics.force_field(p, config, s), params, state0,
         dt=0.004, num_steps=500, solver=egnn_jax.sim.Yoshida6())
 
+    # Hard bodies in a box (walls as mirror images; equivariant to the box's symmetries):
+    params = egnn_jax.dynamics.contact_step_init(key, config, state0, radius=r, box=L, dt=dt)
+    state1 = egnn_jax.dynamics.contact_step(params, config, state0, radius=r, box=L, dt=dt)
+
 Everything composes with `jax.jit`, `jax.vmap` (over systems) and `jax.grad` (training
 through the unrolled trajectory or the solve).
 """
 
+from ._contact import contact_step as contact_step
+from ._contact import contact_step_init as contact_step_init
+from ._contact import mirror_images as mirror_images
 from ._integrate import integrate as integrate
 from ._learned import distance_feature as distance_feature
 from ._learned import force_field as force_field

@@ -5,7 +5,9 @@ Each experiment is one module, ``python -m egnn_jax.experiments.<name>``, exposi
 
 * `three_body`: the seed experiment (``make train``).
 * `nbody_charged`: the EGNN paper's charged N-body table.
+* `nbody_scale`: HEGNN's N-body 5/20/50/100 benchmark.
 * `rollout`: learned simulators stepped forward over long horizons.
+* `collisions`: bodies colliding with each other and the walls of a box.
 
 The framework a new experiment builds on (subclass `Experiment`, declare config, data,
 featurisation, models and table): `Experiment`, `ExperimentConfig` (or `IterationsConfig`

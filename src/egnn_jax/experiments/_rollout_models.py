@@ -24,6 +24,8 @@ The trained kinds take an ``edge_features`` option (`EDGE_FEATURES`).
 * ``force_field``: `egnn_jax.dynamics.force_field` integrated by leapfrog (``substeps`` per
   saved interval), trained the same way through the solver.
 * ``potential``: `egnn_jax.dynamics.potential_acceleration`, likewise.
+* ``contact_step``: `egnn_jax.dynamics.contact_step` (bodies in a box, walls as mirror
+  images), rolled out and trained like ``step``.
 
 Validation (``val_loss``, which selects the best checkpoint): the position MSE averaged over a
 whole rollout of the validation trajectories from their first state, each system's error
@@ -270,6 +272,41 @@ class _Potential(_Integrated):
     acceleration_fn = staticmethod(dyn.potential_acceleration)
 
 
+class _ContactStep(_Rollout):
+    """`egnn_jax.dynamics.contact_step`: bodies of ``radius`` in the box ``[−box, box]^n``,
+    walls as mirror images; ``project`` adds the non-penetration projection."""
+
+    options: ClassVar[dict[str, Any]] = {
+        **_Rollout.options,
+        "radius": None,
+        "box": None,
+        "project": False,
+    }
+
+    def _config(self, spec):
+        return _egnn_config(spec, velocity=False)
+
+    def _geometry(self, spec) -> dict:
+        return {k: self.option(spec, k) for k in ("radius", "box", "dt")}
+
+    def init(self, spec, key, batch):
+        state = _one(_first_state(batch))
+        return dyn.contact_step_init(key, self._config(spec), state, **self._geometry(spec))
+
+    def unroll(self, spec, params, state, num_steps, bounded=False, pushforward=False):
+        cfg, geometry = self._config(spec), self._geometry(spec)
+        project = self.option(spec, "project")
+
+        def step(p, s):
+            if pushforward:
+                s = jax.lax.stop_gradient(s)
+            new = dyn.contact_step(p, cfg, s, **geometry, project=project)
+            return _frozen_once_out(new, s) if bounded else new
+
+        traj = dyn.rollout(step, params, state, num_steps)
+        return traj.x, traj.v
+
+
 class _OneShot(_Rollout):
     """EGNN-vel from the first state to the horizon t, with t as a node feature."""
 
@@ -381,4 +418,5 @@ ROLLOUT_KINDS: dict[str, Any] = {
     "step": _Step(),
     "force_field": _ForceField(),
     "potential": _Potential(),
+    "contact_step": _ContactStep(),
 }

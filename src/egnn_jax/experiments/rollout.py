@@ -33,9 +33,7 @@ Infinity from that time on, and the log names the step.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import ClassVar
@@ -49,7 +47,6 @@ from egnn_jax.dynamics import State
 
 from ._cli import entry_points
 from ._experiment import (
-    EvaluationFileError,
     Experiment,
     ExperimentData,
     IterationsConfig,
@@ -57,8 +54,15 @@ from ._experiment import (
 )
 from ._models import ModelSpec
 from ._report import markdown_table
-from ._rollout_models import diverged_from
 from ._rollout_plots import plot_curves, plot_trajectories
+from ._rollout_scores import (
+    check_trajectory_file,
+    curves_output,
+    format_score,
+    raise_if,
+    roll_out,
+    roller,
+)
 
 __all__ = ["EXPERIMENT", "MODEL_NAMES", "RolloutConfig", "evaluate_file", "main"]
 
@@ -336,11 +340,6 @@ def _energy(config: RolloutConfig, x, v, h) -> jax.Array:
 # --------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=32)
-def _roller(spec: ModelSpec, num_steps: int):
-    return jax.jit(jax.vmap(lambda p, s: spec.trajectory(p, s, num_steps), in_axes=(None, 0)))
-
-
 def _at(curve, dt: float, times) -> dict[str, float]:
     return {f"{t:g}": float(curve[round(t / dt)]) for t in times if round(t / dt) < len(curve)}
 
@@ -359,30 +358,12 @@ def rollout_metrics(config: RolloutConfig, spec: ModelSpec, params, batch: dict)
     """
     xs_true, vs_true, h = batch["x"], batch["v"], batch["h"]
     num_steps = xs_true.shape[1] - 1
-    xs, vs = _roller(spec, num_steps)(params, State(xs_true[:, 0], vs_true[:, 0], h))
-    start = diverged_from(xs, vs)  # [B]
-    times = jnp.arange(num_steps + 1)
-    gone = times[None, :] >= start[:, None]  # [B, T]
-    if jnp.any(start <= num_steps):
-        first = int(jnp.min(start))
-        logger.warning(
-            "%s diverged in %d of %d systems, first at step %d (t = %.4g)",
-            spec.name,
-            int(jnp.sum(start <= num_steps)),
-            len(start),
-            first,
-            first * config.dt,
-        )
-    # Diverged states are replaced by the true ones before any arithmetic (so no NaN is
-    # ever made, not even under jax_debug_nans), then their scores by Infinity.
-    safe = lambda pred, true: jnp.where(gone[:, :, None, None], true, pred)
-    per_system = jnp.mean((safe(xs, xs_true) - xs_true) ** 2, axis=(2, 3))  # [B, T]
-    per_system = jnp.where(gone, jnp.inf, per_system)
+    xs, vs, _, gone, per_system = roll_out(spec, params, batch, config.dt)
     mse_curve = jnp.mean(per_system, axis=0)
     energy_curve = None
     if vs is not None:
         e_true = _energy(config, xs_true, vs_true, h)
-        e_pred = _energy(config, safe(xs, xs_true), safe(vs, vs_true), h)
+        e_pred = _energy(config, xs, vs, h)
         rel = jnp.where(gone, jnp.inf, jnp.abs(e_pred - e_true) / jnp.abs(e_true))
         energy_curve = np.asarray(jnp.median(rel, axis=0))
     exceeds = per_system > VALID_TIME_THRESHOLD
@@ -395,7 +376,7 @@ def rollout_metrics(config: RolloutConfig, spec: ModelSpec, params, batch: dict)
         "mse_at": _at(mse_curve, config.dt, report),
         "energy_rel_err_at": None if energy_curve is None else _at(energy_curve, config.dt, report),
         "valid_time_median": float(np.median(np.asarray(first_bad))) * config.dt,
-        "diverged_fraction": float(jnp.mean(start <= num_steps)),
+        "diverged_fraction": float(jnp.mean(gone[:, -1])),
         "mse_curve": mse_curve.tolist(),
         "energy_curve": None if energy_curve is None else energy_curve.tolist(),
     }
@@ -504,33 +485,12 @@ class Rollout(Experiment):
         node_key = "masses" if config.system == "three-body" else "charges"
         f = load_npz(path, ("x", "v", "t", node_key))
         x, v, t, node = f["x"], f["v"], f["t"], f[node_key]
-        problem = None
-        if x.ndim != 4 or v.shape != x.shape:
-            problem = f"x and v must be [N, T, M, dim], got {x.shape} and {v.shape}"
-        elif t.shape != x.shape[1:2] or x.shape[1] < 2:
-            problem = f"t must be [T] with T = {x.shape[1]} >= 2, got {t.shape}"
-        elif not np.allclose(np.diff(t), config.dt, rtol=1e-5, atol=0):
-            problem = (
-                f"the saved-time spacing must be the training one, {config.dt:.6g}; "
-                f"got {np.diff(t).min():.6g} to {np.diff(t).max():.6g}"
-            )
-        elif node.shape not in ((x.shape[0], x.shape[2]), (x.shape[2],)):
-            problem = f"{node_key} must be [N, M] or [M], got {node.shape}"
-        elif not all(np.all(np.isfinite(a)) for a in (x, v, t, node)):
-            problem = "the file has NaN or infinite entries"
-        if problem:
-            raise EvaluationFileError(f"{path}: {problem}")
+        raise_if(check_trajectory_file(x, v, t, node, node_key, config.dt), path)
         node = np.broadcast_to(node, (x.shape[0], x.shape[2]))
         return _batch(x, v, node) | {"t": jnp.asarray(t - t[0], jnp.float32)}
 
     def evaluation_output(self, config, scores, batch):
-        return {
-            "t": np.asarray(batch["t"]).tolist(),
-            "models": {
-                name: {"mse": s["mse_curve"], "energy_rel_err": s["energy_curve"]}
-                for name, s in scores.items()
-            },
-        }
+        return curves_output(scores, batch)
 
     def plots(self, workdir, config, metrics, params, data):
         plot_curves(workdir, config, metrics, LABELS)
@@ -539,7 +499,7 @@ class Rollout(Experiment):
         first = State(test["x"][:, 0], test["v"][:, 0], test["h"])
         predicted = {  # the rollouts `metrics` compiled, on the same split
             name: np.asarray(
-                _roller(self.model_spec(name, config), num_steps)(params[name], first)[0][:3]
+                roller(self.model_spec(name, config), num_steps)(params[name], first)[0][:3]
             )
             for name in MODEL_NAMES
             if name in params
@@ -576,9 +536,9 @@ class Rollout(Experiment):
                 rows.append(
                     [
                         LABELS[name],
-                        *(_fmt(at.get(k)) for k in ("0.5", "1", "2", "4", "8")),
-                        _fmt(energy.get("2"), pct=True),
-                        _fmt(long_energy.get("8"), pct=True),
+                        *(format_score(at.get(k)) for k in ("0.5", "1", "2", "4", "8")),
+                        format_score(energy.get("2"), pct=True),
+                        format_score(long_energy.get("8"), pct=True),
                         f"{r['test_valid_time_median']:.2f}",
                         minutes,
                     ]
@@ -588,21 +548,13 @@ class Rollout(Experiment):
                 rows.append(
                     [
                         LABELS[name],
-                        _fmt(r["test_trajectory_mse"]),
-                        _fmt(r["test_mse"]),
-                        "-" if curve is None else _fmt(curve[-1], pct=True),
+                        format_score(r["test_trajectory_mse"]),
+                        format_score(r["test_mse"]),
+                        "-" if curve is None else format_score(curve[-1], pct=True),
                         minutes,
                     ]
                 )
         return markdown_table(header, rows)
-
-
-def _fmt(value, pct: bool = False) -> str:
-    if value is None:
-        return "-"
-    if not math.isfinite(value):
-        return "diverged"
-    return f"{100 * value:.2g}%" if pct else f"{value:.3g}"
 
 
 EXPERIMENT = Rollout()

@@ -1,0 +1,116 @@
+"""How far ahead can the collisions data be predicted at all? (figures of the README)
+
+    python scripts/collisions_predictability.py [--systems 200]
+
+Hard-sphere billiards are chaotic: every body–body contact multiplies a small error by roughly
+the free path over the radius. This measures it on the collisions experiment's test systems:
+
+* the exact simulator (float64) started from the true first state plus Gaussian noise of
+  scale ε in the positions, for several ε: the position MSE against the truth along time is
+  the error a perfect model makes after an error ε;
+* the exact contact rule of `egnn_jax.dynamics.contact_step`'s family (impulse ``a = −1`` at
+  a contact within the step, position change ``c = a f``), stepped in float32 as the learned
+  model is: the ceiling of that model family at this precision.
+
+Writes ``experiments/results/collisions/predictability.json`` (atomically) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from egnn_jax import dynamics as dyn
+from egnn_jax import sim
+from egnn_jax._atomic import save_json_atomic
+from egnn_jax.dynamics._contact import _pair_geometry
+from egnn_jax.experiments.collisions import CollisionsExperimentConfig
+
+REPORT_TIMES = (1.0, 2.0, 3.0, 4.0, 5.0)
+NOISE_SCALES = (1e-7, 1e-5, 1e-3)
+
+
+def _exact_rule_rollout(x0, v0, masses, config) -> np.ndarray:
+    """The family's exact member stepped in float32: ``[B, T, M, dim]``."""
+    dt, radius, box = config.dt, config.radius, config.box
+
+    def step(state, _):
+        features, normal, _, approach = _pair_geometry(state, radius, box, dt)
+        hits, after = features[..., 4], features[..., 3]
+        m_i, m_k = features[..., 6], features[..., 7]  # the node features: masses
+        a = -hits * 2 * m_k / (m_i + m_k)
+        dv = jnp.sum((a * approach)[..., None] * normal, axis=1)
+        dx = jnp.sum((a * after * approach * dt)[..., None] * normal, axis=1)
+        new = dyn.State(state.x + dt * state.v + dx, state.v + dv, state.h)
+        return new, new.x
+
+    def one(x, v, m):
+        state = dyn.State(x, v, m[:, None])
+        _, xs = jax.lax.scan(step, state, None, length=config.n_saved - 1)
+        return jnp.concatenate([x[None], xs])
+
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    return np.asarray(jax.jit(jax.vmap(one))(f32(x0), f32(v0), f32(masses)))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--systems", type=int, default=200, help="test systems to use")
+    ap.add_argument(
+        "--out", default="experiments/results/collisions/predictability.json", help="JSON path"
+    )
+    ap.add_argument(
+        "--data-dir", default="experiments/results/collisions/data", help="simulation cache"
+    )
+    args = ap.parse_args(argv)
+    config = CollisionsExperimentConfig()
+    ds = sim.load_or_simulate(config.simulator(), args.data_dir, progress=False)
+    first_test = config.n_train + config.n_valid
+    rows = slice(first_test, first_test + args.systems)
+    x_true = ds.x[rows].astype(np.float64)
+    masses = ds.masses[rows].astype(np.float64)
+    # Re-simulate from the stored (float32) first state: the truth here is the float64 flight
+    # from exactly that state, so the ε = 0 row is exact.
+    with jax.enable_x64(True):
+        x0 = jnp.asarray(x_true[:, 0])
+        v0 = jnp.asarray(ds.v[rows, 0].astype(np.float64))
+        simulate = jax.jit(
+            jax.vmap(
+                lambda x, v, m: sim.collisions_trajectory(
+                    x, v, m, config.radius, config.box, config.t_end, n_saved=config.n_saved
+                )["x"]
+            )
+        )
+        truth = np.asarray(simulate(x0, v0, jnp.asarray(masses)))
+        curves = {}
+        for eps in NOISE_SCALES:
+            noise = eps * jax.random.normal(jax.random.key(0), x0.shape, jnp.float64)
+            moved = np.asarray(simulate(x0 + noise, v0, jnp.asarray(masses)))
+            curves[f"simulator, initial error {eps:g}"] = np.mean((moved - truth) ** 2, (0, 2, 3))
+    exact = _exact_rule_rollout(x_true[:, 0], ds.v[rows, 0], masses, config)
+    curves["exact contact rule (float32 steps)"] = np.mean((exact - truth) ** 2, axis=(0, 2, 3))
+    idx = {t: round(t / config.dt) for t in REPORT_TIMES}
+    result = {
+        "command": "python scripts/collisions_predictability.py " + " ".join(argv or sys.argv[1:]),
+        "systems": args.systems,
+        "dt": config.dt,
+        "mse_at": {
+            name: {f"{t:g}": float(c[i]) for t, i in idx.items()} for name, c in curves.items()
+        },
+        "mse_curve": {name: c.tolist() for name, c in curves.items()},
+    }
+    save_json_atomic(args.out, result)
+    print("| error source | " + " | ".join(f"MSE t={t:g}" for t in REPORT_TIMES) + " |")
+    print("|---|" + "---|" * len(REPORT_TIMES))
+    for name, at in result["mse_at"].items():
+        print(f"| {name} | " + " | ".join(f"{v:.2g}" for v in at.values()) + " |")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
