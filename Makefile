@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install egnn-jax with dev extras (idempotent)
 
-test: $(STAMP) ## Fast test suite (CPU, ~9 minutes on 2 cores)
+test: $(STAMP) ## Fast test suite (CPU, ~10 minutes on 2 cores)
 	$(PY) -m pytest -m "not slow" -q -n 2 --dist loadfile
 
 test-slow: $(STAMP) ## Slow tests only (full-size checks)

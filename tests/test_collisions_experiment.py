@@ -36,7 +36,7 @@ def test_quick_run_scores_every_model(quick_run):
     assert list(metrics["config"]["models"]) == list(collisions.MODEL_NAMES)
     command = metrics["data"]["simulator_command"]
     assert command.startswith("python -m egnn_jax.sim collisions --n 96 --seed 0")
-    assert "--n-saved 41" in command
+    assert "--n-saved 41" in command and f"--t-end {cfg.t_end!r}" in command
     for name, row in metrics["models"].items():
         assert len(row["test_mse_curve"]) == cfg.n_saved, name
         assert row["test_mse_curve"][0] == pytest.approx(0.0, abs=1e-12), name

@@ -150,32 +150,23 @@ class CollisionsExperimentConfig(IterationsConfig):
 
 
 def simulator_command(cfg: sim.CollisionsConfig, out: str = "collisions.npz") -> str:
-    """The command line that regenerates ``cfg``'s data."""
+    """The command line that regenerates ``cfg``'s data (floats written to round-trip)."""
     default = sim.CollisionsConfig()
-    flags = {
-        "--n": cfg.n_trajectories,
-        "--seed": cfg.seed,
-        "--out": out,
-        "--dim": cfg.dim,
-        "--bodies": cfg.n_bodies,
-        "--radius": cfg.radius,
-        "--box": cfg.box,
-        "--forces": cfg.forces,
-        "--t-end": cfg.t_end,
-        "--n-saved": cfg.n_saved,
-    }
-    keep = {"--n", "--seed", "--out"}
-    names = dict(
-        zip(
-            flags,
-            ("", "", "", "dim", "n_bodies", "radius", "box", "forces", "t_end", "n_saved"),
-            strict=True,
-        )
-    )
-    parts = ["python -m egnn_jax.sim collisions"]
-    for flag, value in flags.items():
-        if flag in keep or value != getattr(default, names[flag]):
-            parts.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+    parts = [
+        f"python -m egnn_jax.sim collisions --n {cfg.n_trajectories} --seed {cfg.seed} --out {out}"
+    ]
+    for flag, field in (
+        ("--dim", "dim"),
+        ("--bodies", "n_bodies"),
+        ("--radius", "radius"),
+        ("--box", "box"),
+        ("--forces", "forces"),
+        ("--t-end", "t_end"),
+        ("--n-saved", "n_saved"),
+    ):
+        value = getattr(cfg, field)
+        if value != getattr(default, field):
+            parts.append(f"{flag} {value!r}" if isinstance(value, float) else f"{flag} {value}")
     return " ".join(parts)
 
 
