@@ -41,6 +41,24 @@ def _frames(s: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"frames must be comma-separated integers; got {s}") from e
 
 
+def _run_flags(parser: argparse.ArgumentParser, cfg) -> None:
+    """The flags every simulator has first: how many, which seed, where, in what dimension."""
+    parser.add_argument("--n", type=_positive_int, default=cfg.n_trajectories, help="trajectories")
+    parser.add_argument("--seed", type=int, default=cfg.seed, help="PRNG seed")
+    parser.add_argument("--out", required=True, help="output .npz path")
+    parser.add_argument(
+        "--dim", type=int, choices=(2, 3), default=cfg.dim, help="spatial dimension"
+    )
+
+
+def _batch_flags(parser: argparse.ArgumentParser, cfg) -> None:
+    """The flags every simulator has last: chunking and the progress bar."""
+    parser.add_argument(
+        "--chunk-size", type=_positive_int, default=cfg.chunk_size, help="trajectories per batch"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     tb, ch, nb, co = ThreeBodyConfig(), ChargedConfig(), NBodyConfig(), CollisionsConfig()
@@ -62,10 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "exceeds --energy-tol after step refinement are rejected and redrawn (count reported).",
         formatter_class=fmt,
     )
-    p.add_argument("--n", type=_positive_int, default=tb.n_trajectories, help="trajectories")
-    p.add_argument("--seed", type=int, default=tb.seed, help="PRNG seed")
-    p.add_argument("--out", required=True, help="output .npz path")
-    p.add_argument("--dim", type=int, choices=(2, 3), default=tb.dim, help="spatial dimension")
+    _run_flags(p, tb)
     p.add_argument("--n-saved", type=_positive_int, default=tb.n_saved, help="saved frames T")
     p.add_argument("--t-end", type=float, default=tb.t_end, help="time of the last frame")
     p.add_argument(
@@ -85,10 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--substeps", type=_positive_int, default=tb.substeps, help="steps per saved interval"
     )
-    p.add_argument(
-        "--chunk-size", type=_positive_int, default=tb.chunk_size, help="trajectories per batch"
-    )
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _batch_flags(p, tb)
 
     c = sub.add_parser(
         "charged",
@@ -97,9 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "frames every 100 steps (frame k = state after 100(k+1) steps).",
         formatter_class=fmt,
     )
-    c.add_argument("--n", type=_positive_int, default=ch.n_trajectories, help="trajectories")
-    c.add_argument("--seed", type=int, default=ch.seed, help="PRNG seed")
-    c.add_argument("--out", required=True, help="output .npz path")
+    _run_flags(c, ch)
     c.add_argument(
         "--split",
         choices=("train", "valid", "test"),
@@ -121,7 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("TRAIN", "VALID"),
         help="numpy-legacy: trajectories drawn for train and valid before the later splits",
     )
-    c.add_argument("--dim", type=int, choices=(2, 3), default=ch.dim, help="spatial dimension")
     c.add_argument("--n-particles", type=_positive_int, default=ch.n_particles, help="particles")
     c.add_argument("--n-steps", type=_positive_int, default=ch.n_steps, help="integration steps")
     c.add_argument(
@@ -131,10 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--precision", choices=("float32", "float64"), default=ch.precision, help="compute dtype"
     )
-    c.add_argument(
-        "--chunk-size", type=_positive_int, default=ch.chunk_size, help="trajectories per batch"
-    )
-    c.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _batch_flags(c, ch)
 
     b = sub.add_parser(
         "nbody",
@@ -145,16 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
     )
     b.add_argument("--bodies", type=_positive_int, default=nb.n_bodies, help="bodies N")
-    b.add_argument("--n", type=_positive_int, default=nb.n_trajectories, help="trajectories")
-    b.add_argument("--seed", type=int, default=nb.seed, help="PRNG seed")
-    b.add_argument("--out", required=True, help="output .npz path")
+    _run_flags(b, nb)
     b.add_argument(
         "--split",
         choices=("train", "valid", "test"),
         default=nb.split,
         help="independent PRNG stream of the seed",
     )
-    b.add_argument("--dim", type=int, choices=(2, 3), default=nb.dim, help="spatial dimension")
     b.add_argument("--n-steps", type=_positive_int, default=nb.n_steps, help="integration steps")
     b.add_argument(
         "--save-every", type=_positive_int, default=nb.save_every, help="steps between frames"
@@ -168,10 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--precision", choices=("float32", "float64"), default=nb.precision, help="compute dtype"
     )
-    b.add_argument(
-        "--chunk-size", type=_positive_int, default=nb.chunk_size, help="trajectories per batch"
-    )
-    b.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _batch_flags(b, nb)
 
     o = sub.add_parser(
         "collisions",
@@ -183,10 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         "linspace(0, t_end, n_saved).",
         formatter_class=fmt,
     )
-    o.add_argument("--n", type=_positive_int, default=co.n_trajectories, help="trajectories")
-    o.add_argument("--seed", type=int, default=co.seed, help="PRNG seed")
-    o.add_argument("--out", required=True, help="output .npz path")
-    o.add_argument("--dim", type=int, choices=(2, 3), default=co.dim, help="spatial dimension")
+    _run_flags(o, co)
     o.add_argument("--bodies", type=_positive_int, default=co.n_bodies, help="bodies M")
     o.add_argument("--radius", type=float, default=co.radius, help="sphere radius r")
     o.add_argument("--box", type=float, default=co.box, help="box half-width L")
@@ -203,10 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--energy-tol", type=float, default=co.energy_tol, help="max relative energy error"
     )
-    o.add_argument(
-        "--chunk-size", type=_positive_int, default=co.chunk_size, help="trajectories per batch"
-    )
-    o.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _batch_flags(o, co)
     return parser
 
 
