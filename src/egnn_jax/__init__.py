@@ -13,14 +13,23 @@ entry points in its own namespace:
     params = egnn_jax.hegnn.init(key, config, h, x, v=v, edge_attr=a)
     h_out, x_out = egnn_jax.hegnn.apply(params, config, h, x, v=v, edge_attr=a)
 
+EGHN (Han et al., NeurIPS 2022; learned clusters between two EGNNs) likewise, with the local
+graph its pooling runs on:
+
+    config = egnn_jax.EGHNConfig(hidden_features=64, num_clusters=3)
+    params = egnn_jax.eghn.init(key, config, h, x, v, edge_attr=a, local_adjacency=adj)
+    out = egnn_jax.eghn.apply(params, config, h, x, v, edge_attr=a, local_adjacency=adj)
+
 `egnn_jax.sim` holds the simulators, `egnn_jax.testing` the equivariance checks and
 `egnn_jax.experiments` the training pipelines.
 """
 
+from . import eghn as eghn
 from . import hegnn as hegnn
 from . import testing as testing
 from ._api import apply as apply
 from ._api import init as init
+from ._config import EGHNConfig as EGHNConfig
 from ._config import EGNNConfig as EGNNConfig
 from ._config import HEGNNConfig as HEGNNConfig
 from ._egcl import EGCL as EGCL

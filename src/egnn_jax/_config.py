@@ -135,3 +135,40 @@ class HEGNNConfig:
     def steerable_features(self) -> int:
         """(max_degree + 1)^2: the width of chi, degrees 0 ... L concatenated."""
         return (self.max_degree + 1) ** 2
+
+
+@dataclasses.dataclass(frozen=True)
+class EGHNConfig:
+    """Hyper-parameters of an EGHN (hashable, so it can be a static `jax.jit` argument).
+
+    EGHN (Han et al., "Equivariant Graph Hierarchy-Based Neural Networks", NeurIPS 2022):
+    an EGNN on the particles, an equivariant pooling (E-Pool) that assigns every particle
+    softly to `num_clusters` clusters, an EGNN on the clusters, and an equivariant un-pooling
+    (E-UpPool) back to the particles. Defaults follow the authors' simulation code
+    (hanjq17/EGHN, `main_simulation.py`).
+
+    Attributes:
+        hidden_features: width of every MLP and embedding (reference: 64).
+        num_clusters: K, the clusters of the pooling (reference default 3).
+        low_layers: EGNN layers on the particles' complete graph (3).
+        pooling_layers: E-Pool message-passing layers on the local graph (3).
+        high_layers: EGNN layers on the K clusters (3).
+        pooling_head_factor: the assignment head is Linear(H, factor·H), tanh,
+            Linear(factor·H, K) (reference: 8).
+    """
+
+    hidden_features: int = 64
+    num_clusters: int = 3
+    low_layers: int = 3
+    pooling_layers: int = 3
+    high_layers: int = 3
+    pooling_head_factor: int = 8
+
+    def __post_init__(self):
+        for name in ("hidden_features", "num_clusters", "low_layers", "high_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_clusters < 2:
+            raise ValueError(f"num_clusters must be >= 2, got {self.num_clusters}")
+        if self.pooling_layers < 0 or self.pooling_head_factor < 1:
+            raise ValueError("pooling_layers must be >= 0 and pooling_head_factor >= 1")

@@ -8,10 +8,11 @@ Each experiment is one module, ``python -m egnn_jax.experiments.<name>``, exposi
 * `nbody_scale`: HEGNN's N-body 5/20/50/100 benchmark.
 * `rollout`: learned simulators stepped forward over long horizons.
 * `collisions`: bodies colliding with each other and the walls of a box.
+* `complexes`: EGHN's M-complex systems (rigid complexes of charged particles).
 
 The framework a new experiment builds on (subclass `Experiment`, declare config, data,
 featurisation, models and table): `Experiment`, `ExperimentConfig` (or `IterationsConfig`
-for a run counted in steps), `ExperimentData`,
+for a run counted in steps, `EpochsConfig` for one counted in epochs), `ExperimentData`,
 `train_and_evaluate`, `evaluate_file`, `cli_main`, `entry_points`. Underneath, usable on
 their own: the
 training loop `train` (with `TrainResult`, `TrainingDiverged`), `train_concurrently`,
@@ -31,6 +32,7 @@ from ._cli import cli_main as cli_main
 from ._cli import entry_points as entry_points
 from ._concurrency import interrupt_on_signals as interrupt_on_signals
 from ._concurrency import train_concurrently as train_concurrently
+from ._experiment import EpochsConfig as EpochsConfig
 from ._experiment import EvaluationFileError as EvaluationFileError
 from ._experiment import Experiment as Experiment
 from ._experiment import ExperimentConfig as ExperimentConfig

@@ -20,9 +20,13 @@ from egnn_jax._egcl import (
 __all__ = ["GNN", "RadialField"]
 
 
-def _off_diagonal(m: int, dtype) -> jnp.ndarray:
-    """`[M, M, 1]` mask, 0 on self-pairs."""
-    return (1.0 - jnp.eye(m, dtype=dtype))[:, :, None]
+def _pair_mask(m: int, dtype, node_mask=None) -> jnp.ndarray:
+    """`[M, M, 1]` mask: 1 on pairs of distinct real nodes (`node_mask` None: all real)."""
+    off_diagonal = 1.0 - jnp.eye(m, dtype=dtype)
+    if node_mask is None:
+        return off_diagonal[:, :, None]
+    real = node_mask.astype(dtype)
+    return (off_diagonal * real[:, None] * real[None, :])[:, :, None]
 
 
 class GNN(nn.Module):
@@ -36,7 +40,8 @@ class GNN(nn.Module):
     The reference N-body code feeds it node_in = [x, v] (width 6 in 3-D) and the charge
     products q_i q_j as the only edge attribute.
 
-    Call arguments: node_in `[M, F]`, edge_attr `[M, M, A]` or None. Returns `[M, out]`.
+    Call arguments: node_in `[M, F]`, edge_attr `[M, M, A]` or None, node_mask `[M]` bool or
+    None (padding nodes send and receive no messages). Returns `[M, out]`.
     """
 
     out_features: int
@@ -44,11 +49,11 @@ class GNN(nn.Module):
     num_layers: int = 4
 
     @nn.compact
-    def __call__(self, node_in, edge_attr=None):
+    def __call__(self, node_in, edge_attr=None, node_mask=None):
         width, act = self.hidden_features, nn.silu
         m_nodes = node_in.shape[0]
         a_width = 0 if edge_attr is None else edge_attr.shape[-1]
-        mask = _off_diagonal(m_nodes, node_in.dtype)
+        mask = _pair_mask(m_nodes, node_in.dtype, node_mask)
         h = _linear(width, node_in.shape[-1], node_in.dtype, "embedding")(node_in)
         dense = lambda features, name: _linear(features, width, h.dtype, name)
         fan_in = 2 * width + a_width
@@ -78,17 +83,19 @@ class RadialField(nn.Module):
     + phi_v(|v_i|) v_i, with phi a SiLU MLP ending in a tiny (gain 0.001) linear layer and
     tanh. E(n)-equivariant; it has no node features.
 
-    Call arguments: x `[M, d]`, v `[M, d]`, edge_attr `[M, M, A]` or None. Returns x `[M, d]`.
+    Call arguments: x `[M, d]`, v `[M, d]`, edge_attr `[M, M, A]` or None, node_mask `[M]`
+    bool or None (the mean runs over the real neighbours). Returns x `[M, d]`.
     """
 
     hidden_features: int = 64
     num_layers: int = 4
 
     @nn.compact
-    def __call__(self, x, v, edge_attr=None):
+    def __call__(self, x, v, edge_attr=None, node_mask=None):
         width, act = self.hidden_features, nn.silu
         m_nodes = x.shape[0]
-        mask = _off_diagonal(m_nodes, x.dtype)
+        mask = _pair_mask(m_nodes, x.dtype, node_mask)
+        neighbours = jnp.maximum(jnp.sum(mask, axis=1), 1.0)  # [M, 1]
         speed = _safe_norm(jnp.sum(v * v, axis=-1, keepdims=True))
         for i in range(self.num_layers):
             diff = x[:, None, :] - x[None, :, :]
@@ -97,7 +104,7 @@ class RadialField(nn.Module):
             w = act(_linear(width, e.shape[-1], x.dtype, f"phi_hidden_{i}")(e))
             w = nn.Dense(1, use_bias=False, kernel_init=_xavier_uniform(0.001), name=f"phi_{i}")(w)
             w = jnp.tanh(w)
-            shift = jnp.sum(diff * w * mask, axis=1) / max(m_nodes - 1, 1)
+            shift = jnp.sum(diff * w * mask, axis=1) / neighbours
             phi_v = _linear(1, width, x.dtype, f"vel_out_{i}")(
                 act(_linear(width, 1, x.dtype, f"vel_hidden_{i}")(speed))
             )

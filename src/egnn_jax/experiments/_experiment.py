@@ -24,6 +24,7 @@ __all__ = [
     "EvaluationFileError",
     "Experiment",
     "ExperimentConfig",
+    "EpochsConfig",
     "ExperimentData",
     "IterationsConfig",
     "batch_hash",
@@ -184,6 +185,59 @@ class IterationsConfig(ExperimentConfig):
     @property
     def steps_per_epoch(self) -> int:
         return self.n_train // self.batch_size
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochsConfig(ExperimentConfig):
+    """An `ExperimentConfig` whose run is counted in epochs over ``n_train`` samples.
+
+    Attributes (besides `ExperimentConfig`'s):
+        n_train: training samples (an epoch is ``n_train // batch_size`` steps: the last
+            partial batch is dropped, as the reference loaders do).
+        epochs: passes over the training set at most.
+        eval_every_epochs: validation interval.
+        patience_epochs: stop after this many epochs without a better validation loss.
+        checkpoint_every_epochs: interval of the resumable checkpoints.
+    """
+
+    n_train: int = 1_000
+    epochs: int = 1_000
+    eval_every_epochs: int = 5
+    patience_epochs: int = 100
+    checkpoint_every_epochs: int = 25
+
+    RUN_FIELDS: ClassVar[tuple[str, ...]] = ("models", "epochs", "checkpoint_every_epochs")
+
+    def __post_init__(self):
+        if self.n_train < self.batch_size:
+            raise ValueError(f"n_train={self.n_train} < batch_size={self.batch_size}")
+        for name in ("epochs", "eval_every_epochs", "patience_epochs", "checkpoint_every_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs % self.eval_every_epochs:
+            raise ValueError("epochs must be a multiple of eval_every_epochs")
+        super().__post_init__()
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n_train // self.batch_size
+
+    @property
+    def num_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def eval_every(self) -> int:
+        return self.eval_every_epochs * self.steps_per_epoch
+
+    @property
+    def checkpoint_every(self) -> int:
+        every = max(self.checkpoint_every_epochs // self.eval_every_epochs, 1)
+        return every * self.eval_every
+
+    @property
+    def patience(self) -> int:
+        return max(self.patience_epochs // self.eval_every_epochs, 1)
 
 
 @dataclasses.dataclass

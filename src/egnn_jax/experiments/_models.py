@@ -16,12 +16,17 @@ featurisation. Each model kind reads only its own inputs (`ModelKind.inputs`):
     edge_attr  [B, M, M, A]  invariant edge attributes (EGNN, Radial Field)
     gnn_node   [B, M, Fg]    the GNN's node inputs (the reference feeds it [x, v])
     gnn_edge   [B, M, M, Ag] the GNN's edge inputs (the reference: the given attributes only)
+    node_mask  [B, M]        bool, real nodes of systems padded to one M (optional: every
+                             kind masks its messages and the loss is the MSE over real nodes)
+    local_adjacency [B, M, M] bool, the local graph of EGHN's pooling
     target     [B, M, d]     positions to predict
 
 Kinds (`MODEL_KINDS`): ``linear`` (x0 + t v0 with one scalar t, *fitted* by least squares, not
 trained), ``gnn`` (`GNN`), ``radial_field`` (`RadialField`), ``egnn`` (`egnn_jax.apply` under
 `jax.vmap`; options are `EGNNConfig` fields, e.g. ``velocity=True`` for eq. 7), ``hegnn``
-(`egnn_jax.hegnn`, options `HEGNNConfig` fields, e.g. ``max_degree``). Named presets
+(`egnn_jax.hegnn`, options `HEGNNConfig` fields, e.g. ``max_degree``), ``eghn``
+(`egnn_jax.eghn`, options `EGHNConfig` fields and ``cut_weight``, the weight of its cut loss
+in the training loss). Named presets
 (`PRESETS`): ``linear``, ``gnn``, ``radial_field``, ``egnn``, ``egnn_vel``. The learned
 simulators of `_rollout_models` (``step``, ``force_field``, ``potential``, ``one_shot``, ...)
 are kinds of the same registry, over batches of whole trajectories.
@@ -47,6 +52,7 @@ __all__ = [
     "ModelSpec",
     "fit_linear",
     "label",
+    "masked_mse",
     "model_spec",
     "mse",
 ]
@@ -55,6 +61,17 @@ __all__ = [
 def mse(pred, target) -> jax.Array:
     """Mean squared error over every element (``torch.nn.MSELoss``)."""
     return jnp.mean((pred - target) ** 2)
+
+
+def masked_mse(pred, batch) -> jax.Array:
+    """The MSE over the real nodes of a batch (`mse` when it has no ``node_mask``): the
+    squared errors summed over real nodes and axes, over (real nodes × d), as the EGHN
+    reference's ``MaskMSELoss`` pools a whole batch."""
+    if "node_mask" not in batch:
+        return mse(pred, batch["target"])
+    mask = batch["node_mask"].astype(pred.dtype)[..., None]
+    err = (pred - batch["target"]) ** 2 * mask
+    return jnp.sum(err) / (jnp.sum(mask) * pred.shape[-1])
 
 
 def fit_linear(batch) -> dict:
@@ -69,6 +86,13 @@ def fit_linear(batch) -> dict:
 
 def _first(batch) -> dict:
     return jax.tree.map(lambda a: jnp.asarray(a[0]), batch)
+
+
+def _node_mask(batch) -> jax.Array:
+    """`[B, M]` bool: the batch's node mask, or every node real."""
+    if "node_mask" in batch:
+        return batch["node_mask"]
+    return jnp.ones(batch["x0"].shape[:2], bool)
 
 
 class _Linear:
@@ -95,8 +119,8 @@ class _GNN:
 
     def predict(self, spec, params, batch):
         module = self._module(spec, batch)
-        fn = lambda n, a: module.apply(params, n, a)
-        return jax.vmap(fn)(batch["gnn_node"], batch["gnn_edge"])
+        fn = lambda n, a, m: module.apply(params, n, a, m)
+        return jax.vmap(fn)(batch["gnn_node"], batch["gnn_edge"], _node_mask(batch))
 
 
 class _RadialField:
@@ -112,8 +136,8 @@ class _RadialField:
 
     def predict(self, spec, params, batch):
         module = self._module(spec)
-        fn = lambda x, v, a: module.apply(params, x, v, a)
-        return jax.vmap(fn)(batch["x0"], batch["v0"], batch["edge_attr"])
+        fn = lambda x, v, a, m: module.apply(params, x, v, a, m)
+        return jax.vmap(fn)(batch["x0"], batch["v0"], batch["edge_attr"], _node_mask(batch))
 
 
 class _EGNN:
@@ -135,10 +159,12 @@ class _EGNN:
     def predict(self, spec, params, batch):
         cfg = self.config(spec)
 
-        def one(h, x, v, a):
-            return egnn_jax.apply(params, cfg, h, x, v=v if cfg.velocity else None, edge_attr=a)[1]
+        def one(h, x, v, a, m):
+            v = v if cfg.velocity else None
+            return egnn_jax.apply(params, cfg, h, x, v=v, edge_attr=a, node_mask=m)[1]
 
-        return jax.vmap(one)(batch["node_feat"], batch["x0"], batch["v0"], batch["edge_attr"])
+        args = (batch["node_feat"], batch["x0"], batch["v0"], batch["edge_attr"])
+        return jax.vmap(one)(*args, _node_mask(batch))
 
 
 class _HEGNN(_EGNN):
@@ -168,6 +194,60 @@ class _HEGNN(_EGNN):
         return jax.vmap(one)(batch["node_feat"], batch["x0"], batch["v0"], batch["edge_attr"])
 
 
+class _EGHN:
+    """EGHN (`egnn_jax.eghn`) on the EGNN's inputs plus the local graph; trained on the masked
+    MSE plus ``cut_weight`` times the mean cut loss (the reference: 1)."""
+
+    trainable: ClassVar[bool] = True
+    inputs: ClassVar[tuple[str, ...]] = (
+        "x0",
+        "v0",
+        "node_feat",
+        "edge_attr",
+        "local_adjacency",
+        "node_mask",
+    )
+
+    def config(self, spec) -> egnn_jax.EGHNConfig:
+        options = {k: v for k, v in spec.options if k != "cut_weight"}
+        return egnn_jax.EGHNConfig(hidden_features=spec.hidden_features, **options)
+
+    def validate(self, spec) -> None:
+        self.config(spec)
+        if dict(spec.options).get("cut_weight", 1.0) < 0:
+            raise ValueError("cut_weight must be >= 0")
+
+    def init(self, spec, key, batch):
+        one = _first(batch)
+        return egnn_jax.eghn.init(
+            key,
+            self.config(spec),
+            one["node_feat"],
+            one["x0"],
+            one["v0"],
+            one["edge_attr"],
+            local_adjacency=one["local_adjacency"],
+            node_mask=_node_mask(batch)[0],
+        )
+
+    def outputs(self, spec, params, batch):
+        cfg = self.config(spec)
+
+        def one(h, x, v, a, adj, m):
+            return egnn_jax.eghn.apply(params, cfg, h, x, v, a, local_adjacency=adj, node_mask=m)
+
+        args = (batch["node_feat"], batch["x0"], batch["v0"], batch["edge_attr"])
+        return jax.vmap(one)(*args, batch["local_adjacency"], _node_mask(batch))
+
+    def predict(self, spec, params, batch):
+        return self.outputs(spec, params, batch).x
+
+    def loss(self, spec, params, batch, info):
+        out = self.outputs(spec, params, batch)
+        weight = dict(spec.options).get("cut_weight", 1.0)
+        return masked_mse(out.x, batch) + weight * jnp.mean(out.cut_loss)
+
+
 # kind -> implementation. A new model family registers its kind here.
 MODEL_KINDS: dict[str, Any] = {
     "linear": _Linear(),
@@ -175,6 +255,7 @@ MODEL_KINDS: dict[str, Any] = {
     "radial_field": _RadialField(),
     "egnn": _EGNN(),
     "hegnn": _HEGNN(),
+    "eghn": _EGHN(),
     **ROLLOUT_KINDS,  # learned simulators over whole trajectories (`_rollout_models`)
 }
 
@@ -260,13 +341,13 @@ class ModelSpec:
         `StepInfo`: the step's key and index)."""
         if hasattr(self._impl, "loss"):
             return self._impl.loss(self, params, batch, info)
-        return mse(self.predict(params, batch), batch["target"])
+        return masked_mse(self.predict(params, batch), batch)
 
     def evaluate(self, params, batch) -> dict[str, jax.Array]:
         """Validation metrics; ``val_loss`` selects the best checkpoint."""
         if hasattr(self._impl, "evaluate"):
             return self._impl.evaluate(self, params, batch)
-        return {"val_loss": mse(self.predict(params, batch), batch["target"])}
+        return {"val_loss": masked_mse(self.predict(params, batch), batch)}
 
     def trajectory(self, params, state, num_steps: int):
         """Learned simulators: roll one system out from `state` (`egnn_jax.dynamics.State`)

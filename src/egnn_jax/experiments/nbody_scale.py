@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -37,10 +36,7 @@ from egnn_jax._atomic import atomic_open
 from egnn_jax.sim import NBodyConfig, load_or_simulate
 
 from ._cli import entry_points
-from ._experiment import (
-    ExperimentConfig,
-    ExperimentData,
-)
+from ._experiment import EpochsConfig, ExperimentData
 from ._frame_task import FrameTask
 from ._models import ModelSpec, mse
 from ._report import markdown_table
@@ -90,10 +86,10 @@ def published(name: str, bodies: int) -> float | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class NBodyScaleConfig(ExperimentConfig):
+class NBodyScaleConfig(EpochsConfig):
     """The HEGNN N-body protocol (defaults) at one size.
 
-    Attributes (besides `ExperimentConfig`'s):
+    Attributes (besides `EpochsConfig`'s):
         bodies: N, the number of bodies (the benchmark: 5, 20, 50, 100).
         n_train, n_valid, n_test: systems per split.
         epochs: passes over the training set at most (2,500).
@@ -119,40 +115,10 @@ class NBodyScaleConfig(ExperimentConfig):
     rotate_test: bool = True
     precision: str = "float64"
 
-    RUN_FIELDS: ClassVar[tuple[str, ...]] = ("models", "epochs", "checkpoint_every_epochs")
-
     def __post_init__(self):
         if self.bodies < 2:
             raise ValueError(f"bodies must be >= 2, got {self.bodies}")
-        if self.n_train < self.batch_size:
-            raise ValueError(f"n_train={self.n_train} < batch_size={self.batch_size}")
-        for name in ("epochs", "eval_every_epochs", "patience_epochs", "checkpoint_every_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.epochs % self.eval_every_epochs:
-            raise ValueError("epochs must be a multiple of eval_every_epochs")
         super().__post_init__()
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.n_train // self.batch_size
-
-    @property
-    def num_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
-
-    @property
-    def eval_every(self) -> int:
-        return self.eval_every_epochs * self.steps_per_epoch
-
-    @property
-    def checkpoint_every(self) -> int:
-        every = max(self.checkpoint_every_epochs // self.eval_every_epochs, 1)
-        return every * self.eval_every
-
-    @property
-    def patience(self) -> int:
-        return max(self.patience_epochs // self.eval_every_epochs, 1)
 
     @property
     def eval_batch_size(self) -> int | None:

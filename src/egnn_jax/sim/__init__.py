@@ -8,11 +8,13 @@
   (:class:`NBodyConfig`, :func:`simulate_nbody`, :func:`nbody_forces`).
 * Hard spheres in a box with elastic collisions at their exact times, billiards or softened
   gravity (:class:`CollisionsConfig`, :func:`simulate_collisions`, :func:`collisions_trajectory`).
+* Charged particles bound into rigid complexes, the EGHN M-complex protocol
+  (:class:`ComplexesConfig`, :func:`simulate_complexes`, :func:`complexes_trajectory`).
 * :class:`Leapfrog` and :class:`Yoshida6`, symplectic Diffrax solvers for ``x'' = a(x)``.
 * The dataset container every simulator returns (:class:`Dataset`) and a cache of generated
   datasets (:func:`load_or_simulate`).
 
-Command line: ``python -m egnn_jax.sim {three-body,charged,nbody,collisions} --help``.
+Command line: ``python -m egnn_jax.sim {three-body,charged,nbody,collisions,complexes} --help``.
 """
 
 from ._cache import cache_path as cache_path
@@ -32,6 +34,10 @@ from ._collisions import (
     sample_collisions_initial_conditions as sample_collisions_initial_conditions,
 )
 from ._collisions import simulate_collisions as simulate_collisions
+from ._complexes import ComplexesConfig as ComplexesConfig
+from ._complexes import complex_sizes as complex_sizes
+from ._complexes import complexes_trajectory as complexes_trajectory
+from ._complexes import simulate_complexes as simulate_complexes
 from ._dataset import CorruptDatasetError as CorruptDatasetError
 from ._dataset import Dataset as Dataset
 from ._dataset import load_dataset as load_dataset

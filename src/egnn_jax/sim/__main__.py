@@ -1,8 +1,9 @@
 """Command line: ``python -m egnn_jax.sim SYSTEM --n N --out FILE.npz``.
 
-SYSTEM is three-body, charged, nbody or collisions. Writes ``x [N, T, M, dim]``,
+SYSTEM is three-body, charged, nbody, collisions or complexes. Writes ``x [N, T, M, dim]``,
 ``v [N, T, M, dim]``, ``t [T]``, and ``masses [N, M]`` (three-body; collisions, which adds
-``radius`` and ``box``) or ``charges [N, M]`` (charged, nbody), plus the full config and run
+``radius`` and ``box``) or ``charges [N, M]`` (charged, nbody; complexes, which adds
+``complex_id`` and ``node_mask [N, M]``, its systems padded to one M), plus the full config and run
 metadata as JSON in the array ``metadata_json``.  The file is written atomically.
 """
 
@@ -15,6 +16,7 @@ import sys
 
 from ._charged import SAMPLERS, ChargedConfig
 from ._collisions import FORCES, CollisionsConfig
+from ._complexes import ComplexesConfig
 from ._dataset import save_dataset
 from ._nbody import NBodyConfig
 from ._three_body import ThreeBodyConfig
@@ -41,14 +43,15 @@ def _frames(s: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"frames must be comma-separated integers; got {s}") from e
 
 
-def _run_flags(parser: argparse.ArgumentParser, cfg) -> None:
+def _run_flags(parser: argparse.ArgumentParser, cfg, *, dim: bool = True) -> None:
     """The flags every simulator has first: how many, which seed, where, in what dimension."""
     parser.add_argument("--n", type=_positive_int, default=cfg.n_trajectories, help="trajectories")
     parser.add_argument("--seed", type=int, default=cfg.seed, help="PRNG seed")
     parser.add_argument("--out", required=True, help="output .npz path")
-    parser.add_argument(
-        "--dim", type=int, choices=(2, 3), default=cfg.dim, help="spatial dimension"
-    )
+    if dim:
+        parser.add_argument(
+            "--dim", type=int, choices=(2, 3), default=cfg.dim, help="spatial dimension"
+        )
 
 
 def _batch_flags(parser: argparse.ArgumentParser, cfg) -> None:
@@ -62,13 +65,14 @@ def _batch_flags(parser: argparse.ArgumentParser, cfg) -> None:
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     tb, ch, nb, co = ThreeBodyConfig(), ChargedConfig(), NBodyConfig(), CollisionsConfig()
+    cx = ComplexesConfig()
     parser = argparse.ArgumentParser(
         prog="python -m egnn_jax.sim",
         description="Simulate a dataset and write it to an .npz file (arrays + JSON metadata).",
         formatter_class=fmt,
     )
     sub = parser.add_subparsers(
-        dest="system", required=True, metavar="{three-body,charged,nbody,collisions}"
+        dest="system", required=True, metavar="{three-body,charged,nbody,collisions,complexes}"
     )
 
     p = sub.add_parser(
@@ -201,6 +205,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--energy-tol", type=float, default=co.energy_tol, help="max relative energy error"
     )
     _batch_flags(o, co)
+
+    k = sub.add_parser(
+        "complexes",
+        help="charged particles bound into rigid complexes, the EGHN M-complex protocol",
+        description="M rigid complexes of charged particles (charges +-1, Coulomb forces with "
+        "components clipped to +-100), complex sizes from 5 system types drawn from "
+        "2 .. 2*avg - 2; semi-implicit Euler rigid-body steps with dt=0.001 for 5000 steps; "
+        "frame k = state after 100k + 1 steps (50 frames).  Systems are padded to the largest "
+        "type (complex_id -1, node_mask False).",
+        formatter_class=fmt,
+    )
+    k.add_argument("--complexes", type=_positive_int, default=cx.n_complexes, help="complexes M")
+    k.add_argument("--avg-size", type=int, default=cx.avg_size, help="nominal complex size")
+    _run_flags(k, cx, dim=False)
+    k.add_argument(
+        "--split",
+        choices=("train", "valid", "test"),
+        default=cx.split,
+        help="independent PRNG stream of the seed (the system types are shared)",
+    )
+    k.add_argument("--system-types", type=_positive_int, default=cx.system_types, help="types")
+    k.add_argument("--n-steps", type=_positive_int, default=cx.n_steps, help="integration steps")
+    k.add_argument(
+        "--save-every", type=_positive_int, default=cx.save_every, help="steps between frames"
+    )
+    k.add_argument("--dt", type=float, default=cx.dt, help="time step")
+    k.add_argument(
+        "--translational-mass",
+        choices=("n_squared", "n"),
+        default=cx.translational_mass,
+        help="a complex of n particles translates with mass n^2 (the reference) or n",
+    )
+    k.add_argument("--frames", type=_frames, help="comma-separated frames to keep (default: all)")
+    _batch_flags(k, cx)
     return parser
 
 
@@ -250,6 +288,24 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
             )
             ds = simulate_collisions(cfg, progress=not args.no_progress)
+        elif args.system == "complexes":
+            from ._complexes import simulate_complexes
+
+            cfg = ComplexesConfig(
+                n_trajectories=args.n,
+                n_complexes=args.complexes,
+                avg_size=args.avg_size,
+                system_types=args.system_types,
+                n_steps=args.n_steps,
+                save_every=args.save_every,
+                dt=args.dt,
+                translational_mass=args.translational_mass,
+                frames=args.frames,
+                split=args.split,
+                chunk_size=args.chunk_size,
+                seed=args.seed,
+            )
+            ds = simulate_complexes(cfg, progress=not args.no_progress)
         elif args.system == "nbody":
             from ._nbody import simulate_nbody
 
@@ -306,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
             "max_rel_energy_error",
         ):
             summary[key] = meta[key]
+    if args.system == "complexes":
+        print(f"redrawn trajectories: {meta['n_redrawn']}")
+        summary["system_types"] = meta["system_types"]
+        summary["frame_spacing"] = meta["frame_spacing"]
     if args.system == "three-body":
         print(f"rejected trajectories: {meta['n_rejected']} (refined: {meta['n_refined']})")
         summary["median_rel_energy_error"] = meta["median_rel_energy_error"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ._charged import ChargedConfig, simulate_charged
 from ._collisions import CollisionsConfig, simulate_collisions
+from ._complexes import ComplexesConfig, simulate_complexes
 from ._dataset import (
     CorruptDatasetError,
     Dataset,
@@ -28,6 +29,7 @@ SIMULATORS: dict[type, tuple[str, Callable[..., Dataset]]] = {
     ChargedConfig: ("charged", simulate_charged),
     NBodyConfig: ("nbody", simulate_nbody),
     CollisionsConfig: ("collisions", simulate_collisions),
+    ComplexesConfig: ("complexes", simulate_complexes),
 }
 
 
@@ -55,7 +57,7 @@ def load_or_simulate(cfg, cache_dir: str | os.PathLike, *, progress: bool = True
 
     Arguments:
         cfg: a simulator config (`ThreeBodyConfig`, `ChargedConfig`, `NBodyConfig`,
-            `CollisionsConfig`).
+            `CollisionsConfig`, `ComplexesConfig`).
         cache_dir: folder for the ``.npz`` files (created if needed).
         progress: progress bar while generating.
 

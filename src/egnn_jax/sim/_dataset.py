@@ -25,7 +25,7 @@ __all__ = ["CorruptDatasetError", "Dataset", "load_dataset", "make_metadata", "s
 # stale caches are regenerated instead of silently reused.
 GENERATOR_VERSION = 1
 
-_ARRAYS = ("x", "v", "t", "masses", "charges", "radius", "box")
+_ARRAYS = ("x", "v", "t", "masses", "charges", "radius", "box", "complex_id", "node_mask")
 
 
 @dataclasses.dataclass
@@ -46,6 +46,10 @@ class Dataset:
         radius: the spheres' radius, ``[]`` or ``[N]`` (collisions) or ``None``.
         box: the box's half-width ``L`` (the box is ``[−L, L]^dim``), ``[]`` or ``[N]``
             (collisions) or ``None``.
+        complex_id: ``[N, M]`` int, the rigid complex of every particle, −1 on padding
+            (complexes) or ``None``.
+        node_mask: ``[N, M]`` bool, True for real particles where systems of different sizes
+            are padded to one M (complexes) or ``None``.
     """
 
     x: np.ndarray
@@ -57,6 +61,8 @@ class Dataset:
     rel_energy_error: np.ndarray | None = None
     radius: np.ndarray | None = None
     box: np.ndarray | None = None
+    complex_id: np.ndarray | None = None
+    node_mask: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -163,4 +169,6 @@ def load_dataset(path: str | os.PathLike, *, verify: bool = True) -> Dataset:
         metadata=meta,
         radius=arrays.get("radius"),
         box=arrays.get("box"),
+        complex_id=arrays.get("complex_id"),
+        node_mask=arrays.get("node_mask"),
     )

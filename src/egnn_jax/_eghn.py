@@ -1,0 +1,217 @@
+"""EGHN's Flax modules: an EGNN on the particles, E-Pool, an EGNN on the clusters, E-UpPool.
+
+Han, Huang, Xu, Rong, Huang & Sun, "Equivariant Graph Hierarchy-Based Neural Networks",
+NeurIPS 2022; the equations follow the authors' code (hanjq17/EGHN, `model/eghn.py`):
+
+1. Low level: ``h, x¹ = EGNN(h, x, v, e)`` on the complete graph; ``Δx = x¹ − x``.
+2. E-Pool on the *local* graph (e.g. the bonds inside each rigid complex): vector channels
+   ``Z_i = [x_i − x̄, Δx_i, v_i]``; per local edge the invariant ``G = normalise(Z_jᵀ Z_i)``,
+   a message ``m_ij = MLP([G, h_i, h_j, e_ij])`` and a channel-mixing matrix
+   ``M_ij = MLP(m_ij)`` (3 × 3); ``Z_i += mean_j Z_j M_ij``, ``h_i += MLP([h_i, Σ_j m_ij])``.
+   The assignment ``S = softmax(Linear(tanh(Linear(h))))`` `[N, K]`.
+3. Clusters: ``X_k, V_k, H_k`` are the S-weighted means of the particles' ``x, v, h``; the
+   cluster graph is complete, with edge weight ``(Sᵀ A S)_kl`` (A: the complete graph);
+   ``H', X' = EGNN(H, X, V, SᵀAS)``.
+4. E-UpPool: per particle the vectors ``Z = [S (X' − X), x − S X, v − S V, Δx]``, their Gram
+   matrix ``G = normalise(ZᵀZ)`` (4 × 4), ``c = MLP(MLP([G, h, S H']))`` (4 numbers), and
+   ``x_out = S X' + Z c``.
+
+A cut loss ``‖rownormalise(Sᵀ A_local S) − I‖_F`` asks every cluster to keep its local edges
+(a particle's complex) inside itself.
+
+Choices where this implementation differs from the reference (tested where they matter):
+the last E-Pool layer has no vector update (the reference computes one and discards it);
+padding particles are masked out of the cluster features (the reference lets their features
+leak into H_k, so its output for a system changes by ~1e-4 with the batch's padding);
+the cluster EGNN has no self-loops and reads the diagonal ``(SᵀAS)_kk`` as a node feature
+instead (the reference passes it as a self-loop edge); the two EGNNs are `egnn_jax.EGNN`
+(the velocity variant, h replaced not added as in the reference layer, the paper's 0.001 gain
+on the coordinate head, per-edge coordinate updates unclamped).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ._config import EGHNConfig, EGNNConfig
+from ._egcl import EGNN, _linear
+from ._graph import DenseGraph
+
+__all__ = ["EGHN", "EGHNOutput", "EPool", "EUpPool", "cut_loss"]
+
+
+class EGHNOutput(NamedTuple):
+    """What `egnn_jax.eghn.apply` returns for one graph.
+
+    Fields:
+        h: `[N, H]` invariant particle features (the un-pooling's scalars).
+        x: `[N, n]` predicted positions (equal to the input on padding particles).
+        assignment: `[N, K]` the soft cluster assignment S (rows sum to 1; 0 on padding).
+        cut_loss: `[]` ``‖rownormalise(Sᵀ A_local S) − I‖_F``.
+    """
+
+    h: jax.Array
+    x: jax.Array
+    assignment: jax.Array
+    cut_loss: jax.Array
+
+
+def _mlp(hidden, out, fan_in, dtype, name, last_act=False):
+    """Linear, SiLU, Linear (then SiLU with `last_act`): the reference's two-layer MLP."""
+    first = _linear(hidden, fan_in, dtype, f"{name}_hidden")
+    second = _linear(out, hidden, dtype, f"{name}_out")
+
+    def mlp(a):
+        a = second(nn.silu(first(a)))
+        return nn.silu(a) if last_act else a
+
+    return mlp
+
+
+def _normalised(g):
+    """`g / max(|g|, 1e-12)` over the last axis, with a finite gradient at g = 0."""
+    return g * jax.lax.rsqrt(jnp.maximum(jnp.sum(g * g, -1, keepdims=True), 1e-24))
+
+
+def _gram(za, zb):
+    """``[..., n, a]`` and ``[..., n, b]`` -> flattened normalised ``za^T zb`` ``[..., a·b]``."""
+    g = jnp.einsum("...na,...nb->...ab", za, zb)
+    return _normalised(g.reshape(g.shape[:-2] + (-1,)))
+
+
+def cut_loss(assignment, local_adjacency):
+    """``‖rownormalise(Sᵀ A S) − I‖_F`` for one graph.
+
+    Arguments:
+        assignment: S `[N, K]` (0 on padding rows).
+        local_adjacency: A `[N, N]` bool or float (the local graph, no self-loops).
+
+    Returns:
+        A scalar: 0 when every cluster's local edges stay inside the cluster.
+    """
+    s = assignment
+    c = s.T @ (local_adjacency.astype(s.dtype) @ s)
+    c = _normalised(c)
+    diff = c - jnp.eye(c.shape[0], dtype=c.dtype)
+    return jnp.sqrt(jnp.sum(diff * diff))
+
+
+class EPool(nn.Module):
+    """E-Pool: equivariant message passing on the local graph, then the soft assignment.
+
+    Call arguments: graph (`DenseGraph` over the particles), `local` `[N, N - 1]` bool (the
+    local edges in the dense layout), h `[N, H]`, vectors Z `[N, n, 3]`, edge attributes
+    `[N, N - 1, A]` or None. Returns S `[N, K]` (0 on padding).
+    """
+
+    config: EGHNConfig
+
+    @nn.compact
+    def __call__(self, graph: DenseGraph, local, h, z, edge_attr):
+        cfg, width, dtype = self.config, self.config.hidden_features, h.dtype
+        channels = z.shape[-1]
+        weight = (local & graph.edge_mask).astype(dtype)
+        count = jnp.maximum(jnp.sum(weight, axis=1), 1.0)[:, None, None]
+        a = 0 if edge_attr is None else edge_attr.shape[-1]
+        for i in range(cfg.pooling_layers):
+            z_i, z_j = z[:, None], graph._neighbour_rows(z)  # [N, 1 | N-1, n, c]
+            g = _gram(z_j, jnp.broadcast_to(z_i, z_j.shape))
+            h_i = jnp.broadcast_to(h[:, None], z_j.shape[:2] + (width,))
+            parts = [g, h_i, graph._neighbour_rows(h)]
+            if edge_attr is not None:
+                parts.append(edge_attr)
+            fan_in = channels * channels + 2 * width + a
+            m = _mlp(width, width, fan_in, dtype, f"message_{i}", last_act=True)(
+                jnp.concatenate(parts, -1)
+            )
+            if i < cfg.pooling_layers - 1:  # the last layer's vectors would reach nothing
+                mix = _mlp(width, channels * channels, width, dtype, f"mix_{i}")(m)
+                mix = mix.reshape(mix.shape[:-1] + (channels, channels))
+                u = jnp.einsum("ekna,ekab->eknb", z_j, mix)
+                z = z + jnp.sum(u * weight[:, :, None, None], axis=1) / count
+            m_i = jnp.sum(m * weight[..., None], axis=1)
+            update = _mlp(width, width, 2 * width, dtype, f"node_{i}")
+            h = h + update(jnp.concatenate([h, m_i], -1))
+        head = _linear(cfg.pooling_head_factor * width, width, dtype, "assign_hidden")
+        logits = _linear(cfg.num_clusters, cfg.pooling_head_factor * width, dtype, "assign_out")(
+            jnp.tanh(head(h))
+        )
+        s = jax.nn.softmax(logits, axis=-1)
+        return s * graph.node_mask[:, None].astype(dtype)
+
+
+class EUpPool(nn.Module):
+    """E-UpPool: each particle's position from its clusters' and an equivariant correction.
+
+    Call arguments: S `[N, K]`; cluster positions before / after `[K, n]`, velocities
+    `[K, n]`, features `[K, H]`; particle x, v, Δx `[N, n]` and features h `[N, H]`.
+    Returns ``(h_out [N, H], x_out [N, n])``.
+    """
+
+    config: EGHNConfig
+
+    @nn.compact
+    def __call__(self, s, big_x, big_x_new, big_v, big_h, x, v, dx, h):
+        width, dtype = self.config.hidden_features, h.dtype
+        pooled_x = s @ big_x
+        z = jnp.stack([s @ (big_x_new - big_x), x - pooled_x, v - s @ big_v, dx], axis=-1)
+        g = _gram(z, z)
+        scalars = jnp.concatenate([g, h, s @ big_h], -1)
+        h_out = _mlp(width, width, scalars.shape[-1], dtype, "scalar", last_act=True)(scalars)
+        coefficients = _mlp(width, z.shape[-1], width, dtype, "coefficients")(h_out)
+        return h_out, s @ big_x_new + jnp.einsum("nda,na->nd", z, coefficients)
+
+
+class EGHN(nn.Module):
+    """The whole EGHN on one dense graph (`egnn_jax.eghn.apply` is its checked entry point).
+
+    Call arguments:
+        graph: `DenseGraph` (its node mask marks the real particles).
+        local_adjacency: `[N, N]` bool, the local graph (symmetric, no self-loops).
+        h: `[N, F]` node features; x, v: `[N, n]`; edge_attr: `[N, N, A]` or None.
+
+    Returns:
+        `EGHNOutput`.
+    """
+
+    config: EGHNConfig
+
+    @nn.compact
+    def __call__(self, graph: DenseGraph, local_adjacency, h, x, v, edge_attr=None):
+        cfg, width, dtype = self.config, self.config.hidden_features, x.dtype
+        mask = graph.node_mask.astype(dtype)[:, None]
+        low = EGNNConfig(hidden_features=width, num_layers=cfg.low_layers, velocity=True)
+        h, x_low = EGNN(low, name="low")(graph, h, x, v, edge_attr)
+        dx = (x_low - x) * mask
+
+        n_real = jnp.maximum(jnp.sum(mask), 1.0)
+        centroid = jnp.sum(x * mask, axis=0, keepdims=True) / n_real
+        z = jnp.stack([(x - centroid) * mask, dx, v * mask], axis=-1)
+        local = graph.edge_view(local_adjacency[..., None])[..., 0]
+        edges = None if edge_attr is None else graph.edge_view(edge_attr)
+        s = EPool(cfg, name="pool")(graph, local, h, z, edges)
+
+        weight = s / jnp.maximum(jnp.sum(s, axis=0, keepdims=True), 1e-5)  # [N, K]
+        big_x, big_v = weight.T @ (x * mask), weight.T @ (v * mask)
+        big_h = weight.T @ (h * mask)
+        # S^T A S for the complete graph A over the real particles: (sum S)(sum S)^T - S^T S.
+        total = jnp.sum(s, axis=0)
+        links = total[:, None] * total[None, :] - s.T @ s
+        k = cfg.num_clusters
+        high = EGNNConfig(hidden_features=width, num_layers=cfg.high_layers, velocity=True)
+        cluster_graph = DenseGraph(jnp.ones((k,), bool))
+        cluster_h = jnp.concatenate([big_h, jnp.diagonal(links)[:, None]], -1)
+        big_h_new, big_x_new = EGNN(high, name="high")(
+            cluster_graph, cluster_h, big_x, big_v, links[..., None]
+        )
+        h_out, x_out = EUpPool(cfg, name="unpool")(
+            s, big_x, big_x_new, big_v, big_h_new, x, v, dx, h
+        )
+        x_out = jnp.where(graph.node_mask[:, None], x_out, x)
+        n = x.shape[0]
+        local_off_diagonal = jnp.where(jnp.eye(n, dtype=bool), False, local_adjacency)
+        return EGHNOutput(h_out * mask, x_out, s, cut_loss(s, local_off_diagonal))
