@@ -32,6 +32,7 @@ bench: $(STAMP) ## Benchmarks; JSON lands in benchmarks/results/
 	$(PY) benchmarks/bench_sim.py
 	$(PY) benchmarks/bench_rollout.py
 	$(PY) benchmarks/bench_hegnn.py
+	$(PY) benchmarks/bench_eghn.py
 
 lint: $(STAMP) ## ruff check + format check
 	$(PY) -m ruff check src tests benchmarks examples scripts
