@@ -15,6 +15,7 @@ from ._models import label
 
 __all__ = [
     "device",
+    "epochs_table",
     "markdown_table",
     "plot_loss_curves",
     "save_figure_atomic",
@@ -45,6 +46,42 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def epochs_table(rows, labels: dict, score_header: str) -> str:
+    """The table of a published benchmark trained in epochs: test MSE x 1e-2 beside the
+    published figure, the epochs run, the best epoch, early stopping and forward time.
+
+    Arguments:
+        rows: ``[(name, row of metrics.json)]`` in display order (rows with
+            ``published_test_mse`` and ``forward_ms_per_batch``).
+        labels: display names; score_header: the test-MSE column's header.
+    """
+    header = [
+        "model",
+        score_header,
+        "published",
+        "epochs",
+        "best epoch",
+        "stopped early",
+        "forward ms / 100 systems",
+    ]
+    body = []
+    for name, r in rows:
+        trained = "epochs_done" in r
+        pub = r.get("published_test_mse")
+        body.append(
+            [
+                labels.get(name, name),
+                f"{100 * r['test_mse']:.2f}",
+                "-" if pub is None else f"{100 * pub:.2f}",
+                f"{r['epochs_done']:,.0f}" if trained else "-",
+                f"{r['best_epoch']:,.0f}" if trained else "-",
+                ("yes" if r.get("stopped_early") else "no") if trained else "-",
+                f"{r['forward_ms_per_batch']:.2f}",
+            ]
+        )
+    return markdown_table(header, body)
 
 
 def plot_loss_curves(

@@ -39,15 +39,10 @@ from egnn_jax._atomic import atomic_open
 from egnn_jax.sim import ComplexesConfig, load_or_simulate
 
 from ._cli import entry_points
-from ._experiment import (
-    EpochsConfig,
-    EvaluationFileError,
-    Experiment,
-    ExperimentData,
-    load_npz,
-)
+from ._experiment import EpochsConfig, EvaluationFileError, ExperimentData, load_npz
+from ._frame_task import FrameTask
 from ._models import ModelSpec, masked_mse
-from ._report import markdown_table, save_figure_atomic
+from ._report import epochs_table, save_figure_atomic
 from .nbody_charged import forward_ms
 
 __all__ = [
@@ -252,14 +247,17 @@ def _assignments(params, spec: ModelSpec, batch: dict) -> np.ndarray:
     return np.asarray(outputs(params, batch).assignment)
 
 
-class Complexes(Experiment):
+class Complexes(FrameTask):
+    """A `FrameTask` whose ``--evaluate`` files also carry the complexes and the padding."""
+
     name = "complexes"
     description = "EGHN's M-complex systems (rigid complexes of charged particles): frame 10 -> 25"
     Config = ComplexesExperimentConfig
     model_names = MODEL_NAMES
     default_workdir = Path("experiments/results/complexes/3_3")
     data_keys = ("x0", "v0", "charges", "complex_id", "node_mask", "target")
-    history_unit = "epoch"
+    featurise = staticmethod(featurise)
+    export_split = staticmethod(export_split)
 
     def quick_config(self):
         return quick_config()
@@ -274,12 +272,7 @@ class Complexes(Experiment):
         parser.add_argument("--avg-size", type=int, help="average complex size (3)")
         parser.add_argument("--epochs", type=int, help="epochs per model at most (10000)")
         parser.add_argument("--clusters", type=int, help="EGHN's clusters K (3)")
-        parser.add_argument(
-            "--export",
-            nargs=2,
-            metavar=("SPLIT", "FILE.npz"),
-            help="write SPLIT (train, valid, test) of the data in the --evaluate format and exit",
-        )
+        super().add_arguments(parser)  # --export SPLIT FILE.npz
 
     def config_overrides(self, args):
         return {
@@ -288,14 +281,6 @@ class Complexes(Experiment):
             "epochs": args.epochs,
             "num_clusters": args.clusters,
         }
-
-    def command(self, config, args):
-        if args.export is None:
-            return None
-        split, path = args.export
-        data_dir = args.workdir / "data" if args.data_dir is None else args.data_dir
-        print(f"wrote {export_split(config, split, path, data_dir)}")
-        return 0
 
     def model_spec(self, name, config):
         width, depth = config.hidden_features, config.num_layers
@@ -353,31 +338,7 @@ class Complexes(Experiment):
     def format_table(self, metrics):
         cfg = metrics["config"]
         column = f"({cfg['complexes']}, {cfg['avg_size']})"
-        header = [
-            "model",
-            f"test MSE x1e-2 {column}",
-            "published",
-            "epochs",
-            "best epoch",
-            "stopped early",
-            "forward ms / 100 systems",
-        ]
-        rows = []
-        for name, r in self.ordered_rows(metrics):
-            trained = "epochs_done" in r
-            pub = r.get("published_test_mse")
-            rows.append(
-                [
-                    LABELS.get(name, name),
-                    f"{100 * r['test_mse']:.2f}",
-                    "-" if pub is None else f"{100 * pub:.2f}",
-                    f"{r['epochs_done']:,.0f}" if trained else "-",
-                    f"{r['best_epoch']:,.0f}" if trained else "-",
-                    ("yes" if r.get("stopped_early") else "no") if trained else "-",
-                    f"{r['forward_ms_per_batch']:.2f}",
-                ]
-            )
-        return markdown_table(header, rows)
+        return epochs_table(self.ordered_rows(metrics), LABELS, f"test MSE x1e-2 {column}")
 
     def plots(self, workdir, config, metrics, params, data):
         if "eghn" not in params:

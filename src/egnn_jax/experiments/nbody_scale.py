@@ -39,7 +39,7 @@ from ._cli import entry_points
 from ._experiment import EpochsConfig, ExperimentData
 from ._frame_task import FrameTask
 from ._models import ModelSpec, mse
-from ._report import markdown_table
+from ._report import epochs_table
 from .nbody_charged import forward_ms
 
 __all__ = [
@@ -316,31 +316,7 @@ class NBodyScale(FrameTask):
 
     def format_table(self, metrics):
         bodies = metrics["config"]["bodies"]
-        header = [
-            "model",
-            f"test MSE x1e-2 ({bodies} bodies)",
-            "published",
-            "epochs",
-            "best epoch",
-            "stopped early",
-            "forward ms / 100 systems",
-        ]
-        rows = []
-        for name, r in self.ordered_rows(metrics):
-            trained = "epochs_done" in r
-            pub = r.get("published_test_mse")
-            rows.append(
-                [
-                    LABELS.get(name, name),
-                    f"{100 * r['test_mse']:.2f}",
-                    "-" if pub is None else f"{100 * pub:.2f}",
-                    f"{r['epochs_done']:,.0f}" if trained else "-",
-                    f"{r['best_epoch']:,.0f}" if trained else "-",
-                    ("yes" if r.get("stopped_early") else "no") if trained else "-",
-                    f"{r['forward_ms_per_batch']:.2f}",
-                ]
-            )
-        return markdown_table(header, rows)
+        return epochs_table(self.ordered_rows(metrics), LABELS, f"test MSE x1e-2 ({bodies} bodies)")
 
 
 EXPERIMENT = NBodyScale()
