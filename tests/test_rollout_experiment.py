@@ -143,6 +143,8 @@ def test_a_diverging_model_reports_infinity_from_the_step_it_left(caplog):
     assert "fast diverged in 1 of 2 systems, first at step 5" in caplog.text
 
 
+# The charged system runs the same code path as the three-body quick run: full-size check.
+@pytest.mark.slow
 def test_charged_system_quick(tmp_path, data_dir):
     argv = [
         "--quick",
