@@ -104,6 +104,9 @@ def test_cut_loss_is_zero_exactly_when_clusters_keep_the_local_edges():
     assert float(egnn_jax.eghn.cut_loss(one_hot, adj)) == pytest.approx(0.0, abs=1e-7)
     mixed = jax.nn.one_hot((COMPLEX + np.arange(10)) % 3, 3)
     assert float(egnn_jax.eghn.cut_loss(mixed, adj)) > 0.5
+    # Saturated softmax: the loss is exactly 0 and its gradient must be finite (0), not NaN.
+    grad = jax.grad(lambda s: egnn_jax.eghn.cut_loss(s, adj))(one_hot)
+    np.testing.assert_array_equal(np.asarray(grad), 0.0)
     uniform = jnp.full((10, 3), 1 / 3)
     expected = np.sqrt(3 * ((1 / np.sqrt(3) - 1) ** 2 + 2 / 3))  # rows (1, 1, 1)/sqrt(3)
     assert float(egnn_jax.eghn.cut_loss(uniform, adj)) == pytest.approx(expected, rel=1e-5)
