@@ -16,6 +16,9 @@ from egnn_jax.testing import assert_equivariant
 CONFIG = egnn_jax.EGHNConfig(
     hidden_features=16, num_clusters=3, low_layers=2, pooling_layers=2, high_layers=2
 )
+# On the two-core CI machine, compiling the gradient of SMALL after the rest of a pytest-xdist
+# worker's files crashed XLA (SIGABRT, then SIGSEGV; never alone): this depth passed there.
+DEFAULT_DEPTH = egnn_jax.EGHNConfig(hidden_features=16, num_clusters=3)
 SMALL = egnn_jax.EGHNConfig(
     hidden_features=8, num_clusters=3, low_layers=1, pooling_layers=2, high_layers=1
 )
@@ -114,11 +117,15 @@ def test_cut_loss_is_zero_exactly_when_clusters_keep_the_local_edges():
 
 def test_gradients_are_finite_and_reach_every_parameter():
     h, x, v, attr, adj, mask = _system(jnp.float32, pad=2)
-    params = egnn_jax.eghn.init(jax.random.key(1), SMALL, h, x, v, attr, local_adjacency=adj)
+    params = egnn_jax.eghn.init(
+        jax.random.key(1), DEFAULT_DEPTH, h, x, v, attr, local_adjacency=adj
+    )
     target = x + 0.1
 
     def loss(p):
-        out = egnn_jax.eghn.apply(p, SMALL, h, x, v, attr, local_adjacency=adj, node_mask=mask)
+        out = egnn_jax.eghn.apply(
+            p, DEFAULT_DEPTH, h, x, v, attr, local_adjacency=adj, node_mask=mask
+        )
         return jnp.mean((out.x - target)[:10] ** 2) + out.cut_loss
 
     grads = jax.grad(loss)(params)
