@@ -32,6 +32,7 @@ __all__ = [
     "model_fingerprint",
     "older_run_defaults",
     "shared_fingerprint",
+    "split_sizes",
 ]
 
 
@@ -260,6 +261,11 @@ class ExperimentData:
 
 class EvaluationFileError(ValueError):
     """A file given to ``--evaluate`` is missing, unreadable or of the wrong format."""
+
+
+def split_sizes(config) -> dict[str, int]:
+    """``{"train": n_train, "valid": n_valid, "test": n_test}`` of a config with those fields."""
+    return {"train": config.n_train, "valid": config.n_valid, "test": config.n_test}
 
 
 def load_npz(path: str | Path, required: tuple[str, ...]) -> dict[str, np.ndarray]:

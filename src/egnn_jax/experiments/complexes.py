@@ -39,7 +39,7 @@ from egnn_jax._atomic import atomic_open
 from egnn_jax.sim import ComplexesConfig, load_or_simulate
 
 from ._cli import entry_points
-from ._experiment import EpochsConfig, EvaluationFileError, ExperimentData, load_npz
+from ._experiment import EpochsConfig, EvaluationFileError, ExperimentData, load_npz, split_sizes
 from ._frame_task import FrameTask
 from ._models import ModelSpec, masked_mse
 from ._report import epochs_table, save_figure_atomic
@@ -193,7 +193,7 @@ def featurise(x0, v0, charges, complex_id, node_mask, target=None) -> dict:
 
 
 def _simulator_config(config: ComplexesExperimentConfig, split: str) -> ComplexesConfig:
-    sizes = {"train": config.n_train, "valid": config.n_valid, "test": config.n_test}
+    sizes = split_sizes(config)
     return ComplexesConfig(
         n_trajectories=sizes[split],
         n_complexes=config.complexes,

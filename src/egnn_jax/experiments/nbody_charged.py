@@ -35,6 +35,7 @@ from ._cli import entry_points
 from ._experiment import (
     ExperimentConfig,
     ExperimentData,
+    split_sizes,
 )
 from ._frame_task import FrameTask
 from ._models import ModelSpec, label
@@ -205,7 +206,7 @@ def export_split(
 ) -> Path:
     """Write `split` ("train", "valid" or "test") of `config`'s data as the `--evaluate`
     format: ``x0, v0 [S, M, 3]`` (input frame), ``q [S, M]`` and ``xT [S, M, 3]`` (target)."""
-    sizes = {"train": config.n_train, "valid": config.n_valid, "test": config.n_test}
+    sizes = split_sizes(config)
     if split not in sizes:
         raise ValueError(f"split must be one of {tuple(sizes)}, got {split!r}")
     ds, n = _dataset(config, split, data_dir), sizes[split]
@@ -247,7 +248,7 @@ class NBodyCharged(FrameTask):
         return {"epochs": args.epochs, "sampler": args.sampler}
 
     def load_data(self, config, data_dir, progress):
-        sizes = {"train": config.n_train, "valid": config.n_valid, "test": config.n_test}
+        sizes = split_sizes(config)
         datasets = {split: _dataset(config, split, data_dir, progress) for split in sizes}
         metadata = {
             split: {k: ds.metadata.get(k) for k in ("content_hash", "wall_seconds", "cache")}

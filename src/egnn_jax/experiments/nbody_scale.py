@@ -36,7 +36,7 @@ from egnn_jax._atomic import atomic_open
 from egnn_jax.sim import NBodyConfig, load_or_simulate
 
 from ._cli import entry_points
-from ._experiment import EpochsConfig, ExperimentData
+from ._experiment import EpochsConfig, ExperimentData, split_sizes
 from ._frame_task import FrameTask
 from ._models import ModelSpec, mse
 from ._report import epochs_table
@@ -184,7 +184,7 @@ def featurise(x0, v0, charges, target=None) -> dict:
 
 
 def _simulator_config(config: NBodyScaleConfig, split: str) -> NBodyConfig:
-    sizes = {"train": config.n_train, "valid": config.n_valid, "test": config.n_test}
+    sizes = split_sizes(config)
     return NBodyConfig(
         n_trajectories=sizes[split],
         n_bodies=config.bodies,

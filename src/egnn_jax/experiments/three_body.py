@@ -37,6 +37,7 @@ from ._experiment import (
     ExperimentData,
     IterationsConfig,
     load_npz,
+    split_sizes,
 )
 from ._featurise import featurise, masses_vary
 from ._models import ModelSpec, label
@@ -299,7 +300,7 @@ class ThreeBody(Experiment):
             "n_saved": int(ds.x.shape[1]),
             "t_start": float(t[0]),
             "t_end": float(t[-1]),
-            "splits": {"train": config.n_train, "valid": config.n_valid, "test": config.n_test},
+            "splits": split_sizes(config),
             "simulator": _jsonable(ds.metadata),
         }
         return ExperimentData(split(0), split(1), split(2), metadata)

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._dataset import Dataset, make_metadata
+from ._frames import SavedFrames
 from ._kernels import inverse_sqrt
 
 __all__ = [
@@ -65,7 +66,7 @@ _MIN_CENTRE_DISTANCE = 1.6
 
 
 @dataclasses.dataclass(frozen=True)
-class ComplexesConfig:
+class ComplexesConfig(SavedFrames):
     """An M-complex dataset (defaults: the EGHN protocol's (5, 5) training split).
 
     Attributes:
@@ -125,30 +126,12 @@ class ComplexesConfig:
             raise ValueError(f"split must be one of {_SPLITS}; got {self.split!r}")
         if self.max_redraws < 0:
             raise ValueError(f"max_redraws must be >= 0; got {self.max_redraws}")
-        if self.frames is not None:
-            object.__setattr__(self, "frames", tuple(int(f) for f in self.frames))
-            bad = [f for f in self.frames if not 0 <= f < self.n_saved]
-            if bad or not self.frames:
-                raise ValueError(f"frames must be a non-empty subset of 0..{self.n_saved - 1}")
-
-    @property
-    def n_saved(self) -> int:
-        """Frames recorded: steps ``t = 0 … n_steps − 1`` with ``t % save_every == 0``."""
-        return math.ceil(self.n_steps / self.save_every)
-
-    @property
-    def kept_frames(self) -> tuple[int, ...]:
-        return tuple(range(self.n_saved)) if self.frames is None else self.frames
+        self._check_frames()
 
     @property
     def frame_spacing(self) -> float:
         """Time between saved frames (0.1)."""
         return self.dt * self.save_every
-
-    @property
-    def ts(self) -> np.ndarray:
-        """The time of every kept frame: frame k is at ``dt·(save_every·k + 1)``."""
-        return self.dt * (self.save_every * np.asarray(self.kept_frames) + 1)
 
 
 def complex_sizes(cfg: ComplexesConfig) -> np.ndarray:

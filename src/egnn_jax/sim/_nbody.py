@@ -15,7 +15,6 @@ for small M the unrolled loop is faster and gives the same forces, so it is used
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 
 import jax
@@ -24,6 +23,7 @@ import numpy as np
 
 from ._charged import charged_forces
 from ._dataset import Dataset, make_metadata
+from ._frames import SavedFrames
 from ._kernels import inverse_sqrt
 
 __all__ = ["NBodyConfig", "nbody_forces", "simulate_nbody"]
@@ -55,7 +55,7 @@ def nbody_forces(x, charges, interaction_strength=1.0, max_force=100.0):
 
 
 @dataclasses.dataclass(frozen=True)
-class NBodyConfig:
+class NBodyConfig(SavedFrames):
     """The N-body 5/20/50/100 benchmark's data (defaults: its 5-body training split).
 
     ``n_bodies`` particles of unit mass with charges ±1 (probability ½ each); initial
@@ -105,29 +105,11 @@ class NBodyConfig:
             raise ValueError(f"split must be one of {_SPLITS}; got {self.split!r}")
         if self.precision not in ("float32", "float64"):
             raise ValueError(f"precision must be 'float32' or 'float64'; got {self.precision!r}")
-        if self.frames is not None:
-            object.__setattr__(self, "frames", tuple(int(f) for f in self.frames))
-            bad = [f for f in self.frames if not 0 <= f < self.n_saved]
-            if bad or not self.frames:
-                raise ValueError(f"frames must be a non-empty subset of 0..{self.n_saved - 1}")
+        self._check_frames()
 
     @property
     def loc_std(self) -> float:
         return (self.n_bodies / 5) ** (1 / 3) + 0.1
-
-    @property
-    def n_saved(self) -> int:
-        """Frames the generator saves: steps ``t = 0 … n_steps−1`` with ``t % save_every == 0``."""
-        return math.ceil(self.n_steps / self.save_every)
-
-    @property
-    def kept_frames(self) -> tuple[int, ...]:
-        return tuple(range(self.n_saved)) if self.frames is None else self.frames
-
-    @property
-    def ts(self) -> np.ndarray:
-        """The time of every kept frame: frame ``k`` is at ``dt·(save_every·k + 1)``."""
-        return self.dt * (self.save_every * np.asarray(self.kept_frames) + 1)
 
 
 def _initial_conditions(key, n_bodies, dim, loc_std, vel_norm, dtype):
