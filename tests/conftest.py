@@ -8,6 +8,8 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
 ).strip()
 
+import gc  # noqa: E402
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 from jaxtyping import install_import_hook  # noqa: E402
@@ -21,6 +23,20 @@ with install_import_hook(
 
 jax.config.update("jax_debug_nans", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop every compiled program after each test file.
+
+    Each XLA:CPU executable holds a few memory mappings until its cache entry dies; a
+    pytest-xdist worker that compiles the ~20,000 small programs of half the suite (NaN
+    checking runs eager ops one by one) passed Linux's default limit of 65,530 mappings
+    per process, and the next compile crashed (SIGSEGV or SIGABRT inside XLA, no message).
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from _cli import run_module
 
 from egnn_jax.experiments import complexes
 from egnn_jax.experiments._models import ModelSpec
+from egnn_jax.sim import ComplexesConfig, complex_sizes
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,14 @@ def test_config_and_published_table():
     assert complexes.published("eghn", 5, 10) == pytest.approx(0.1429)
     assert complexes.published("egnn", 7, 7) is None
     spec = complexes.EXPERIMENT.model_spec("eghn", cfg)
-    assert spec.kind == "eghn" and dict(spec.options) == {"cut_weight": 1.0, "num_clusters": 3}
+    options = dict(spec.options)
+    assert spec.kind == "eghn" and options.pop("local_capacity") == max(
+        int(np.sum(sizes * (sizes - 1)))
+        for sizes in complex_sizes(ComplexesConfig(n_complexes=10, avg_size=10, seed=43))
+    )
+    assert options == {"cut_weight": 1.0, "num_clusters": 3}
+    # E-Pool's edge budget changes speed only: it stays out of the runs' fingerprints.
+    assert spec.to_dict()["options"] == options
     with pytest.raises(ValueError, match="avg_size"):
         complexes.ComplexesExperimentConfig(avg_size=1)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -98,6 +99,25 @@ def test_padding_changes_nothing_for_the_real_particles():
     assert (padded.assignment[10:] == 0).all()
     np.testing.assert_allclose(out.assignment.sum(-1), 1.0, rtol=1e-12)
     assert not np.allclose(out.x, x, atol=1e-3)  # the model does move the particles
+
+
+def test_local_capacity_visits_only_the_local_edges_and_never_drops_one():
+    """E-Pool on a tight edge list computes what it computes on every pair; an overflow
+    raises instead of dropping edges."""
+    local_edges = int(np.sum(COMPLEX[:, None] == COMPLEX[None, :]) - len(COMPLEX))  # 24
+    with jax.enable_x64(True):
+        h, x, v, attr, adj, mask = _system(jnp.float64, pad=2)
+        params = egnn_jax.eghn.init(jax.random.key(1), CONFIG, h, x, v, attr, local_adjacency=adj)
+        run = functools.partial(
+            egnn_jax.eghn.apply, params, CONFIG, h, x, v, attr, local_adjacency=adj, node_mask=mask
+        )
+        every_pair, tight = jax.tree.map(np.asarray, (run(), run(local_capacity=local_edges)))
+        for a, b in zip(every_pair, tight, strict=True):
+            np.testing.assert_allclose(b, a, rtol=0, atol=1e-12)
+        with pytest.raises(Exception, match="more edges than local_capacity=23"):
+            jax.block_until_ready(run(local_capacity=local_edges - 1))
+    with pytest.raises(ValueError, match="local_capacity must be a positive int"):
+        run(local_capacity=0)
 
 
 def test_cut_loss_is_zero_exactly_when_clusters_keep_the_local_edges():

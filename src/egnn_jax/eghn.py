@@ -28,9 +28,15 @@ from ._eghn import EGHN, EGHNOutput, EPool, EUpPool, cut_loss
 __all__ = ["EGHN", "EGHNConfig", "EGHNOutput", "EPool", "EUpPool", "apply", "cut_loss", "init"]
 
 
-def _validate(config, h, x, v, edge_attr, local_adjacency, node_mask):
+def _validate(config, h, x, v, edge_attr, local_adjacency, node_mask, local_capacity):
     if not isinstance(config, EGHNConfig):
         raise TypeError(f"config must be an egnn_jax.EGHNConfig, got {type(config).__name__}")
+    if local_capacity is not None and (
+        isinstance(local_capacity, bool)
+        or not isinstance(local_capacity, int)
+        or local_capacity < 1
+    ):
+        raise ValueError(f"local_capacity must be a positive int or None, got {local_capacity!r}")
     graph = _validate_graph(
         h, x, v, edge_attr, node_mask, None, None, velocity=True, config_name="EGHNConfig"
     )
@@ -67,20 +73,33 @@ def _check_params(params, config: EGHNConfig, h, edge_attr):
         raise ValueError(f"params have dtype {embed.dtype} but the inputs {h.dtype}")
 
 
-@functools.partial(jax.jit, static_argnames="config")
-def _init(key, config, h, x, v, edge_attr, local_adjacency, node_mask):
-    graph = _validate(config, h, x, v, edge_attr, local_adjacency, node_mask)
-    return EGHN(config).init(key, graph, local_adjacency, h, x, v, edge_attr)
+@functools.partial(jax.jit, static_argnames=("config", "local_capacity"))
+def _init(key, config, h, x, v, edge_attr, local_adjacency, node_mask, local_capacity):
+    graph = _validate(config, h, x, v, edge_attr, local_adjacency, node_mask, local_capacity)
+    model = EGHN(config, local_capacity)
+    return model.init(key, graph, local_adjacency, h, x, v, edge_attr)
 
 
-@functools.partial(jax.jit, static_argnames="config")
-def _apply(params, config, h, x, v, edge_attr, local_adjacency, node_mask):
-    graph = _validate(config, h, x, v, edge_attr, local_adjacency, node_mask)
+@functools.partial(jax.jit, static_argnames=("config", "local_capacity"))
+def _apply(params, config, h, x, v, edge_attr, local_adjacency, node_mask, local_capacity):
+    graph = _validate(config, h, x, v, edge_attr, local_adjacency, node_mask, local_capacity)
     _check_params(params, config, h, edge_attr)
-    return EGHN(config).apply(params, graph, local_adjacency, h, x, v, edge_attr)
+    model = EGHN(config, local_capacity)
+    return model.apply(params, graph, local_adjacency, h, x, v, edge_attr)
 
 
-def init(key, config: EGHNConfig, h, x, v, edge_attr=None, *, local_adjacency, node_mask=None):
+def init(
+    key,
+    config: EGHNConfig,
+    h,
+    x,
+    v,
+    edge_attr=None,
+    *,
+    local_adjacency,
+    node_mask=None,
+    local_capacity: int | None = None,
+):
     """Initialise an EGHN's parameters (pure; jit-compiled).
 
     Arguments:
@@ -91,6 +110,10 @@ def init(key, config: EGHNConfig, h, x, v, edge_attr=None, *, local_adjacency, n
             None.
         local_adjacency: `[N, N]` bool, the local graph of the pooling and the cut loss.
         node_mask: `[N]` bool (None: every node is real).
+        local_capacity: static; the most directed local edges between real nodes that a graph
+            may have (None: N (N - 1)). E-Pool's cost grows with it, so pass the dataset's
+            largest count (e.g. ``int(adjacency.sum((-1, -2)).max())``) when the local graph
+            is sparse.
 
     Returns:
         A Flax parameter tree in the floating dtype of `x`; its shapes depend on F, A and the
@@ -99,11 +122,20 @@ def init(key, config: EGHNConfig, h, x, v, edge_attr=None, *, local_adjacency, n
     Raises:
         ValueError: at trace time for wrong ranks, shapes or dtypes, naming the argument.
     """
-    return _init(key, config, h, x, v, edge_attr, local_adjacency, node_mask)
+    return _init(key, config, h, x, v, edge_attr, local_adjacency, node_mask, local_capacity)
 
 
 def apply(
-    params, config: EGHNConfig, h, x, v, edge_attr=None, *, local_adjacency, node_mask=None
+    params,
+    config: EGHNConfig,
+    h,
+    x,
+    v,
+    edge_attr=None,
+    *,
+    local_adjacency,
+    node_mask=None,
+    local_capacity: int | None = None,
 ) -> EGHNOutput:
     """Run an EGHN on one graph (pure; jit-compiled; composes with vmap and grad).
 
@@ -113,7 +145,7 @@ def apply(
 
     Arguments:
         params: the tree returned by `init`; config: the `EGHNConfig` used there (static).
-        h, x, v, edge_attr, local_adjacency, node_mask: as in `init`.
+        h, x, v, edge_attr, local_adjacency, node_mask, local_capacity: as in `init`.
 
     Returns:
         `EGHNOutput` ``(h [N, H], x [N, n], assignment [N, K], cut_loss [])``: x is
@@ -123,5 +155,7 @@ def apply(
     Raises:
         ValueError: at trace time, as `init`, and for params of another width, cluster
             count or feature width.
+        EquinoxRuntimeError: at run time (also under jit) when a graph has more local edges
+            than `local_capacity`; they are never silently dropped.
     """
-    return _apply(params, config, h, x, v, edge_attr, local_adjacency, node_mask)
+    return _apply(params, config, h, x, v, edge_attr, local_adjacency, node_mask, local_capacity)

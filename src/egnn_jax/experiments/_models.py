@@ -196,9 +196,11 @@ class _HEGNN(_EGNN):
 
 class _EGHN:
     """EGHN (`egnn_jax.eghn`) on the EGNN's inputs plus the local graph; trained on the masked
-    MSE plus ``cut_weight`` times the mean cut loss (the reference: 1)."""
+    MSE plus ``cut_weight`` times the mean cut loss (the reference: 1). Option
+    ``local_capacity``: `egnn_jax.eghn.apply`'s (E-Pool's edge budget per graph)."""
 
     trainable: ClassVar[bool] = True
+    speed_options: ClassVar[tuple[str, ...]] = ("local_capacity",)
     inputs: ClassVar[tuple[str, ...]] = (
         "x0",
         "v0",
@@ -209,7 +211,7 @@ class _EGHN:
     )
 
     def config(self, spec) -> egnn_jax.EGHNConfig:
-        options = {k: v for k, v in spec.options if k != "cut_weight"}
+        options = {k: v for k, v in spec.options if k not in ("cut_weight", "local_capacity")}
         return egnn_jax.EGHNConfig(hidden_features=spec.hidden_features, **options)
 
     def validate(self, spec) -> None:
@@ -228,13 +230,16 @@ class _EGHN:
             one["edge_attr"],
             local_adjacency=one["local_adjacency"],
             node_mask=_node_mask(batch)[0],
+            local_capacity=dict(spec.options).get("local_capacity"),
         )
 
     def outputs(self, spec, params, batch):
-        cfg = self.config(spec)
+        cfg, capacity = self.config(spec), dict(spec.options).get("local_capacity")
 
         def one(h, x, v, a, adj, m):
-            return egnn_jax.eghn.apply(params, cfg, h, x, v, a, local_adjacency=adj, node_mask=m)
+            return egnn_jax.eghn.apply(
+                params, cfg, h, x, v, a, local_adjacency=adj, node_mask=m, local_capacity=capacity
+            )
 
         args = (batch["node_feat"], batch["x0"], batch["v0"], batch["edge_attr"])
         return jax.vmap(one)(*args, batch["local_adjacency"], _node_mask(batch))
@@ -319,13 +324,15 @@ class ModelSpec:
         return self._impl.inputs
 
     def to_dict(self) -> dict:
-        """JSON-able description (part of a run's fingerprint)."""
+        """JSON-able description (part of a run's fingerprint). Options the kind lists in
+        ``speed_options`` change how fast it runs, never what it computes: left out."""
+        speed_only = getattr(self._impl, "speed_options", ())
         return {
             "name": self.name,
             "kind": self.kind,
             "hidden_features": self.hidden_features,
             "num_layers": self.num_layers,
-            "options": dict(self.options),
+            "options": {k: v for k, v in self.options if k not in speed_only},
         }
 
     def init(self, key, batch):

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from egnn_jax._atomic import atomic_open
-from egnn_jax.sim import ComplexesConfig, load_or_simulate
+from egnn_jax.sim import ComplexesConfig, complex_sizes, load_or_simulate
 
 from ._cli import entry_points
 from ._experiment import EpochsConfig, EvaluationFileError, ExperimentData, load_npz, split_sizes
@@ -204,6 +204,19 @@ def _simulator_config(config: ComplexesExperimentConfig, split: str) -> Complexe
     )
 
 
+def local_edge_capacity(config: ComplexesExperimentConfig) -> int:
+    """The most intra-complex (local) edges of any system the config's simulator draws: the
+    edge budget of EGHN's pooling (all splits share the config's system types)."""
+    sizes = complex_sizes(_simulator_config(config, "train")).astype(np.int64)
+    return int(np.max(np.sum(sizes * (sizes - 1), axis=1)))
+
+
+def _local_edges_needed(batch: dict) -> int:
+    adj, mask = np.asarray(batch["local_adjacency"]), np.asarray(batch["node_mask"])
+    real = adj & mask[:, :, None] & mask[:, None, :]
+    return int(real.sum((1, 2)).max(initial=1))
+
+
 def _split_arrays(config, split: str, data_dir, progress=None) -> dict:
     """The `--evaluate` arrays of one split, and its simulator metadata."""
     ds = load_or_simulate(_simulator_config(config, split), data_dir, progress=bool(progress))
@@ -293,7 +306,11 @@ class Complexes(FrameTask):
         if name == "egnn":
             return ModelSpec(name, "egnn", width, depth, (("velocity", True),))
         if name == "eghn":
-            options = (("num_clusters", config.num_clusters), ("cut_weight", config.cut_weight))
+            options = (
+                ("num_clusters", config.num_clusters),
+                ("cut_weight", config.cut_weight),
+                ("local_capacity", local_edge_capacity(config)),
+            )
             return ModelSpec(name, "eghn", width, 3, options)
         raise ValueError(f"unknown model {name!r}; choose from {MODEL_NAMES}")
 
@@ -324,6 +341,13 @@ class Complexes(FrameTask):
             raise EvaluationFileError(f"{path}: {e}") from e
 
     def metrics(self, config, spec, params, batch):
+        if spec.kind == "eghn":  # an --evaluate file may hold larger complexes than training
+            options = dict(spec.options)
+            need = _local_edges_needed(batch)
+            if need > options["local_capacity"]:
+                spec = dataclasses.replace(
+                    spec, options=tuple((options | {"local_capacity": need}).items())
+                )
         pred = _predict_in_chunks(spec, params, batch, config.eval_batch_size)
         return {"mse": float(masked_mse(jnp.asarray(pred), batch))}
 
