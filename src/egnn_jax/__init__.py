@@ -20,6 +20,9 @@ graph its pooling runs on:
     params = egnn_jax.eghn.init(key, config, h, x, v, edge_attr=a, local_adjacency=adj)
     out = egnn_jax.eghn.apply(params, config, h, x, v, edge_attr=a, local_adjacency=adj)
 
+Large or periodic systems: `egnn_jax.radius_graph(x, cutoff, capacity=E, box=L)` gives an edge
+list for `egnn_jax.apply(..., senders=, receivers=, edge_mask=, box=L)`.
+
 `egnn_jax.sim` holds the simulators, `egnn_jax.testing` the equivariance checks and
 `egnn_jax.experiments` the training pipelines.
 """
@@ -38,5 +41,8 @@ from ._graph import DenseGraph as DenseGraph
 from ._graph import SparseGraph as SparseGraph
 from ._graph import complete_graph_edges as complete_graph_edges
 from ._graph import dense_to_sparse_edge_attr as dense_to_sparse_edge_attr
+from ._neighbours import RadiusGraph as RadiusGraph
+from ._neighbours import minimum_image as minimum_image
+from ._neighbours import radius_graph as radius_graph
 
 __version__ = "0.1.0"

@@ -20,13 +20,30 @@ def _shape(a) -> str:
     return "None" if a is None else str(tuple(a.shape))
 
 
-def _validate(config: EGNNConfig, h, x, v, edge_attr, node_mask, senders, receivers):
+def _validate(
+    config: EGNNConfig, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, box
+):
     """Static (trace-time) checks of every argument; returns the graph backend."""
     if not isinstance(config, EGNNConfig):
         raise TypeError(f"config must be an egnn_jax.EGNNConfig, got {type(config).__name__}")
-    return _validate_graph(
+    graph = _validate_graph(
         h, x, v, edge_attr, node_mask, senders, receivers, velocity=config.velocity
     )
+    if box is not None:
+        box = jnp.asarray(box, x.dtype)
+        if box.shape not in ((), (x.shape[1],)):
+            raise ValueError(f"box must be a scalar or have shape ({x.shape[1]},), got {box.shape}")
+        graph = graph._replace(box=box)
+    if edge_mask is not None:
+        if senders is None:
+            raise ValueError("edge_mask is for sparse graphs (senders, receivers)")
+        if edge_mask.shape != senders.shape or edge_mask.dtype != jnp.bool_:
+            raise ValueError(
+                f"edge_mask must be bool of shape {senders.shape}, got {_shape(edge_mask)} "
+                f"dtype {edge_mask.dtype}"
+            )
+        graph = graph._replace(edge_mask=edge_mask)
+    return graph
 
 
 def _validate_graph(
@@ -168,18 +185,18 @@ def _checked_indices(graph, api_name: str = "egnn_jax.apply"):
     for name, a in (("senders", graph.senders), ("receivers", graph.receivers)):
         bad = jnp.any((a < 0) | (a >= n))
         checked.append(eqx.error_if(a, bad, f"{api_name}: {name} index out of range [0, {n})"))
-    return SparseGraph(checked[0], checked[1], n)
+    return graph._replace(senders=checked[0], receivers=checked[1])
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers):
-    graph = _validate(config, h, x, v, edge_attr, node_mask, senders, receivers)
+def _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, box):
+    graph = _validate(config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, box)
     return EGNN(config).init(key, graph, h, x, v, edge_attr)
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def _apply(params, config, h, x, v, edge_attr, node_mask, senders, receivers):
-    graph = _validate(config, h, x, v, edge_attr, node_mask, senders, receivers)
+def _apply(params, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, box):
+    graph = _validate(config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, box)
     _check_params(params, h, edge_attr)
     return _forward(params, config, _checked_indices(graph), h, x, v, edge_attr)
 
@@ -207,6 +224,8 @@ def init(
     node_mask=None,
     senders=None,
     receivers=None,
+    edge_mask=None,
+    box=None,
 ):
     """Initialise the parameters of an EGNN stack (pure; jit-compiled).
 
@@ -223,6 +242,7 @@ def init(
         node_mask: `[M]` bool, dense graphs only; None means every node is real.
         senders: `[E]` int, sparse graphs only (message j -> i flows from `senders`).
         receivers: `[E]` int, sparse graphs only.
+        edge_mask, box: as in `apply`.
 
     Returns:
         A Flax parameter tree (`{"params": ...}`) in the floating dtype of `x`.
@@ -233,7 +253,7 @@ def init(
     """
     if senders is not None:
         _check_indices_if_concrete(senders, receivers, h.shape[0])
-    return _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers)
+    return _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, box)
 
 
 def apply(
@@ -246,6 +266,8 @@ def apply(
     node_mask=None,
     senders=None,
     receivers=None,
+    edge_mask=None,
+    box=None,
 ):
     """Run an EGNN stack on one graph (pure; jit-compiled; composes with vmap and grad).
 
@@ -265,6 +287,10 @@ def apply(
         node_mask: `[M]` bool (dense only); None means every node is real.
         senders: `[E]` int (sparse only).
         receivers: `[E]` int (sparse only).
+        edge_mask: `[E]` bool (sparse only): False for edges that carry nothing, e.g. the
+            filler edges of `egnn_jax.radius_graph`; None means every edge is real.
+        box: `[n]` or scalar side lengths of a periodic cell with its origin at 0: every
+            relative vector x_i - x_j is its minimum image. None: no periodicity.
 
     Returns:
         `(h_out, x_out)`: `[M, out_features or hidden_features]` invariant features and
@@ -281,4 +307,4 @@ def apply(
     """
     if senders is not None:
         _check_indices_if_concrete(senders, receivers, h.shape[0])
-    return _apply(params, config, h, x, v, edge_attr, node_mask, senders, receivers)
+    return _apply(params, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, box)

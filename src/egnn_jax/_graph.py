@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._neighbours import minimum_image
 from ._typing import EdgeHidden, EdgeVectors, NodeHidden, Positions
 
 
@@ -34,9 +35,12 @@ class DenseGraph(NamedTuple):
 
     Fields:
         node_mask: `[M]` bool, True for real nodes.
+        box: `[n]` or scalar side lengths of a periodic cell (relative vectors are minimum
+            images), or None.
     """
 
     node_mask: jax.Array
+    box: jax.Array | None = None
 
     @property
     def _neighbour_index(self) -> np.ndarray:
@@ -65,7 +69,7 @@ class DenseGraph(NamedTuple):
         return at_receiver[:, None, :] * self._neighbour_rows(at_sender)
 
     def diff(self, x: Positions) -> EdgeVectors:
-        return x[:, None, :] - self._neighbour_rows(x)
+        return minimum_image(x[:, None, :] - self._neighbour_rows(x), self.box)
 
     def aggregate(self, per_edge: jax.Array) -> jax.Array:
         # Masking here (not earlier) lets every edge computation stay a plain broadcast.
@@ -80,17 +84,22 @@ class SparseGraph(NamedTuple):
     """A directed edge list over N nodes (a disjoint union of graphs, padding graphs included).
 
     Messages flow from `senders[e]` (node j) to `receivers[e]` (node i). Padding edges must
-    connect padding nodes, as in jraph, so that they never reach real nodes.
+    connect padding nodes, as in jraph, so that they never reach real nodes, or be masked.
 
     Fields:
         senders: `[E]` int node indices.
         receivers: `[E]` int node indices.
         num_nodes: N, static (from a shape, never from data).
+        edge_mask: `[E]` bool, False for edges that carry nothing (e.g. a radius graph's
+            filler edges), or None (every edge is real).
+        box: `[n]` or scalar side lengths of a periodic cell, or None.
     """
 
     senders: jax.Array
     receivers: jax.Array
     num_nodes: int
+    edge_mask: jax.Array | None = None
+    box: jax.Array | None = None
 
     def edge_view(self, edge_attr: jax.Array) -> jax.Array:
         return edge_attr
@@ -102,13 +111,18 @@ class SparseGraph(NamedTuple):
         return at_receiver[self.receivers] * at_sender[self.senders]
 
     def diff(self, x: Positions) -> EdgeVectors:
-        return x[self.receivers] - x[self.senders]
+        return minimum_image(x[self.receivers] - x[self.senders], self.box)
 
     def aggregate(self, per_edge: jax.Array) -> jax.Array:
+        if self.edge_mask is not None:
+            mask = self.edge_mask.reshape(self.edge_mask.shape + (1,) * (per_edge.ndim - 1))
+            per_edge = per_edge * mask.astype(per_edge.dtype)
         return jax.ops.segment_sum(per_edge, self.receivers, num_segments=self.num_nodes)
 
     def inv_degree(self, dtype) -> jax.Array:
         ones = jnp.ones(self.receivers.shape, dtype=dtype)
+        if self.edge_mask is not None:
+            ones = self.edge_mask.astype(dtype)
         return _safe_inverse(jax.ops.segment_sum(ones, self.receivers, num_segments=self.num_nodes))
 
 
