@@ -77,7 +77,10 @@ def main(argv=None):
             "avg_size": args.avg_size,
             "padded_particles": int(data["x0"].shape[1]),
             "real_particles_mean": float(data["node_mask"].sum(1).mean()),
-            "graph": "dense (vmap), node mask",
+            "graph": "dense (vmap), node mask; E-Pool on the local edge list",
+            "eghn_local_capacity": dict(complexes.EXPERIMENT.model_spec("eghn", config).options)[
+                "local_capacity"
+            ],
             "optimizer": "adam",
         },
         "results": results,
