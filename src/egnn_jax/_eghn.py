@@ -44,9 +44,10 @@ import jax.numpy as jnp
 
 from ._config import EGHNConfig, EGNNConfig
 from ._egcl import EGNN, _linear
-from ._graph import DenseGraph
+from ._graph import DenseGraph, SparseGraph
+from ._neighbours import edge_list
 
-__all__ = ["EGHN", "EGHNOutput", "EPool", "EUpPool", "LocalEdges", "cut_loss"]
+__all__ = ["EGHN", "EGHNOutput", "EPool", "EUpPool", "cut_loss"]
 
 # The EGHN code's own EGNN layer (`model/basic.py`, `EGNN_Layer`): h is replaced by phi_h, and
 # phi_x ends in a PyTorch-default layer, U(±1/sqrt(64)) = Xavier gain 0.41 for width 64. With
@@ -115,55 +116,27 @@ def cut_loss(assignment, local_adjacency):
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
 
 
-class LocalEdges(NamedTuple):
-    """The local graph of one padded graph as a fixed-capacity edge list (E-Pool's edges).
+def _local_edges(adjacency, node_mask, capacity: int) -> SparseGraph:
+    """The local graph's real edges as a `capacity`-long masked edge list.
 
-    Fields:
-        senders: `[E]` int node j of edge j -> i.
-        receivers: `[E]` int node i, in increasing order (filler edges last).
-        mask: `[E]` bool, True for the real local edges (both ends real); E is the capacity.
-        num_nodes: N, static.
+    Raises (at run time, also under jit): more real local edges than `capacity`.
     """
-
-    senders: jax.Array
-    receivers: jax.Array
-    mask: jax.Array
-    num_nodes: int
-
-    @classmethod
-    def from_adjacency(cls, adjacency, node_mask, capacity: int) -> LocalEdges:
-        """`[N, N]` bool adjacency (entry [i, j]: the edge j -> i) -> at most `capacity` edges.
-
-        Raises (at run time, also under jit): more real local edges than `capacity`.
-        """
-        n = adjacency.shape[0]
-        real = adjacency & node_mask[:, None] & node_mask[None, :] & ~jnp.eye(n, dtype=bool)
-        count = jnp.sum(real)
-        receivers, senders = jnp.nonzero(real, size=capacity, fill_value=(n - 1, 0))
-        receivers = eqx.error_if(
-            receivers,
-            count > capacity,
-            f"egnn_jax.eghn: the local graph has more edges than local_capacity={capacity}",
-        )
-        return cls(senders, receivers, jnp.arange(capacity) < count, n)
-
-    def aggregate(self, per_edge):
-        """Sum `[E, ...]` over the real incoming edges of every node -> `[N, ...]`."""
-        weight = self.mask.reshape(self.mask.shape + (1,) * (per_edge.ndim - 1))
-        return jax.ops.segment_sum(
-            per_edge * weight.astype(per_edge.dtype),
-            self.receivers,
-            num_segments=self.num_nodes,
-            indices_are_sorted=True,
-        )
+    found = edge_list(adjacency, capacity, node_mask)
+    receivers = eqx.error_if(
+        found.receivers,
+        found.overflow,
+        f"egnn_jax.eghn: the local graph has more edges than local_capacity={capacity}",
+    )
+    n = adjacency.shape[0]
+    return SparseGraph(found.senders, receivers, n, edge_mask=found.edge_mask)
 
 
 class EPool(nn.Module):
     """E-Pool: equivariant message passing on the local graph, then the soft assignment.
 
-    Call arguments: `local` (`LocalEdges`), node mask `[N]` bool, h `[N, H]`, vectors Z
-    `[N, n, 3]`, edge attributes of the local edges `[E, A]` or None. Returns S `[N, K]` (0 on
-    padding).
+    Call arguments: `local` (`SparseGraph` of the local edges, with its edge mask), node mask
+    `[N]` bool, h `[N, H]`, vectors Z `[N, n, 3]`, edge attributes of the local edges `[E, A]`
+    or None. Returns S `[N, K]` (0 on padding).
 
     It runs on the local edges only (a few per particle), never on the complete graph: on the
     (10, 10) complexes that is ~1,100 edges per system instead of ~9,900.
@@ -172,10 +145,10 @@ class EPool(nn.Module):
     config: EGHNConfig
 
     @nn.compact
-    def __call__(self, local: LocalEdges, node_mask, h, z, edge_attr):
+    def __call__(self, local: SparseGraph, node_mask, h, z, edge_attr):
         cfg, width, dtype = self.config, self.config.hidden_features, h.dtype
         channels = z.shape[-1]
-        count = jnp.maximum(local.aggregate(jnp.ones(local.mask.shape, dtype)), 1.0)
+        count = jnp.maximum(local.aggregate(jnp.ones(local.senders.shape + (1,), dtype)), 1.0)
         a = 0 if edge_attr is None else edge_attr.shape[-1]
         for i in range(cfg.pooling_layers):
             z_i, z_j = z[local.receivers], z[local.senders]  # [E, n, c]
@@ -191,7 +164,7 @@ class EPool(nn.Module):
                 mix = _mlp(width, channels * channels, width, dtype, f"mix_{i}")(m)
                 mix = mix.reshape(mix.shape[:-1] + (channels, channels))
                 u = jnp.einsum("ena,eab->enb", z_j, mix)
-                z = z + local.aggregate(u) / count[:, None, None]
+                z = z + local.aggregate(u) / count[:, :, None]
             update = _mlp(width, width, 2 * width, dtype, f"node_{i}")
             h = h + update(jnp.concatenate([h, local.aggregate(m)], -1))
         head = _linear(cfg.pooling_head_factor * width, width, dtype, "assign_hidden")
@@ -259,7 +232,7 @@ class EGHN(nn.Module):
         z = jnp.stack([(x - centroid) * mask, dx, v * mask], axis=-1)
         n = x.shape[0]
         capacity = n * (n - 1) if self.local_capacity is None else self.local_capacity
-        local = LocalEdges.from_adjacency(local_adjacency, graph.node_mask, capacity)
+        local = _local_edges(local_adjacency, graph.node_mask, capacity)
         edges = None if edge_attr is None else edge_attr[local.receivers, local.senders]
         s = EPool(cfg, name="pool")(local, graph.node_mask, h, z, edges)
 

@@ -120,8 +120,9 @@ class SparseGraph(NamedTuple):
         return jax.ops.segment_sum(per_edge, self.receivers, num_segments=self.num_nodes)
 
     def inv_degree(self, dtype) -> jax.Array:
-        ones = jnp.ones(self.receivers.shape, dtype=dtype)
-        if self.edge_mask is not None:
+        if self.edge_mask is None:
+            ones = jnp.ones(self.receivers.shape, dtype=dtype)
+        else:
             ones = self.edge_mask.astype(dtype)
         return _safe_inverse(jax.ops.segment_sum(ones, self.receivers, num_segments=self.num_nodes))
 

@@ -108,21 +108,29 @@ def radius_graph(x, cutoff, *, capacity: int, box=None, node_mask=None) -> Radiu
     return _radius_graph(x, cutoff, capacity, box, node_mask)
 
 
-@functools.partial(jax.jit, static_argnames="capacity")
-def _radius_graph(x, cutoff, capacity, box, node_mask):
-    n = x.shape[0]
-    d = minimum_image(x[:, None, :] - x[None, :, :], box)  # [i, j]: x_i - x_j
-    within = jnp.sum(d * d, axis=-1) < jnp.asarray(cutoff, x.dtype) ** 2
-    within = within & ~jnp.eye(n, dtype=bool)
+def edge_list(pairs, capacity: int, node_mask=None) -> RadiusGraph:
+    """`[N, N]` bool pairs (entry [i, j]: the edge j -> i) -> a fixed-capacity edge list.
+
+    Self-pairs and pairs with a padding end (`node_mask` False) are left out; the first
+    `capacity` of the rest, by receiver, are kept and `overflow` says whether any was not.
+    """
+    n = pairs.shape[0]
+    pairs = pairs & ~jnp.eye(n, dtype=bool)
     if node_mask is not None:
-        within = within & node_mask[:, None] & node_mask[None, :]
-    count = jnp.sum(within, dtype=jnp.int32)
-    receivers, senders = jnp.nonzero(within, size=capacity, fill_value=0)
-    edge_mask = jnp.arange(capacity) < count
+        pairs = pairs & node_mask[:, None] & node_mask[None, :]
+    count = jnp.sum(pairs, dtype=jnp.int32)
+    receivers, senders = jnp.nonzero(pairs, size=capacity, fill_value=0)
     return RadiusGraph(
         senders.astype(jnp.int32),
         receivers.astype(jnp.int32),
-        edge_mask,
+        jnp.arange(capacity) < count,
         count > capacity,
         count,
     )
+
+
+@functools.partial(jax.jit, static_argnames="capacity")
+def _radius_graph(x, cutoff, capacity, box, node_mask):
+    d = minimum_image(x[:, None, :] - x[None, :, :], box)  # [i, j]: x_i - x_j
+    within = jnp.sum(d * d, axis=-1) < jnp.asarray(cutoff, x.dtype) ** 2
+    return edge_list(within, capacity, node_mask)
