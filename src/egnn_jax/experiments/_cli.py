@@ -1,8 +1,8 @@
 """The command line every experiment shares: ``python -m egnn_jax.experiments.<name>``.
 
 Common flags: ``--quick --workdir --resume --overwrite --seed --train-seed --models
---data-dir --evaluate FILE.npz --table --no-progress``; an experiment adds its own through
-`Experiment.add_arguments`.
+--data-dir --evaluate FILE.npz --table --no-progress --devices N``; an experiment adds its
+own through `Experiment.add_arguments`.
 
 Exit codes: 0 success; 1 an error the message explains (a run already in the workdir, a
 fingerprint mismatch, a bad ``--evaluate`` file, divergence, ...), printed as one line
@@ -79,6 +79,13 @@ def build_parser(experiment: Experiment) -> argparse.ArgumentParser:
         "--table", action="store_true", help="print the result table of WORKDIR and exit"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        metavar="N",
+        help="train data-parallel over N devices (batch split, parameters replicated; "
+        "the batch size must be a multiple of N); default: one device",
+    )
     experiment.add_arguments(parser)
     return parser
 
@@ -137,6 +144,7 @@ def cli_main(experiment: Experiment, argv: Sequence[str] | None = None) -> int:
             overwrite=args.overwrite,
             progress=False if args.no_progress else None,
             data_dir=args.data_dir,
+            devices=args.devices,
         )
     except KeyboardInterrupt:
         print("interrupted: training state saved; continue with --resume", file=sys.stderr)

@@ -44,6 +44,7 @@ from ._experiment import (
 )
 from ._models import ModelSpec, label
 from ._report import device, plot_loss_curves, steps_per_second, versions
+from ._sharding import data_parallel, single_device
 from ._step import make_optimizer
 from ._workdir import finished, prepare_workdir, read_metrics
 
@@ -74,6 +75,7 @@ def train_and_evaluate(
     progress: bool | None = None,
     data_dir: str | Path | None = None,
     command: str | None = None,
+    devices: int | None = None,
 ) -> dict:
     """Run an experiment end to end and write ``<workdir>/metrics.json`` and the plots.
 
@@ -89,6 +91,9 @@ def train_and_evaluate(
         progress: progress bars (None: only on a terminal).
         data_dir: simulation cache (default ``<workdir>/data``).
         command: recorded with each trained model's row (None: this process's command line).
+        devices: train data-parallel over this many devices (`train`'s `devices`; the
+            batch size must be a multiple); None: the default device. Not part of the
+            runs' fingerprints: a run may resume on another device count.
 
     Returns:
         The metrics dict written to ``<workdir>/metrics.json``.
@@ -105,6 +110,12 @@ def train_and_evaluate(
     unknown = [m for m in config.models if m not in experiment.model_names]
     if unknown:
         raise ValueError(f"unknown models {unknown}; choose from {experiment.model_names}")
+    if devices is not None:  # fail before simulating data
+        layout = data_parallel(devices)
+        if config.batch_size % layout.num_devices:
+            raise ValueError(
+                f"batch size {config.batch_size} is not a multiple of devices={devices}"
+            )
     t_total = time.perf_counter()
     workdir = Path(workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -169,6 +180,7 @@ def train_and_evaluate(
                 fingerprint,
             )
             runs[name] |= {"resume": resume, "overwrite": overwrite, "progress": progress}
+            runs[name] |= {"devices": devices}
         rows[name] = row
 
     # Side by side, one thread each: small networks leave CPU cores idle one after another.
@@ -187,6 +199,7 @@ def train_and_evaluate(
             "best_val_loss_during_training": res.best_metrics.get("val_loss"),
             "final_train_loss": res.history[-1]["train_loss"] if res.history else None,
             "steps_per_second": steps_per_second(res.history),
+            "devices": res.devices or single_device(),
         }
         # Training time over every session of the run (the history's clock survives resumes).
         total = res.history[-1]["wall_time"] if res.history else res.wall_seconds
@@ -219,6 +232,7 @@ def train_and_evaluate(
         "test_mse": {n: r.get("test_mse") for n, r in all_rows.items()},
         "data": data.metadata,
         "device": device(),
+        "devices": (data_parallel(devices).describe() if devices else single_device()),
         "versions": versions(),
         "command": command,
         "histories": {n: histories[n] for n in order if n in histories},

@@ -38,6 +38,7 @@ from ._checkpoint import (
     latest_dir,
     save_params,
 )
+from ._sharding import data_parallel
 from ._step import (
     EvalFn,
     LossFn,
@@ -76,6 +77,8 @@ class TrainResult(NamedTuple):
             ``patience`` evaluations.
         resumed: whether the run continued from a checkpoint.
         final_state: the :class:`TrainState` after the last step.
+        devices: the devices and mesh the run used (`DataParallel.describe`), or None
+            when it ran on the default device alone.
     """
 
     params: PyTree
@@ -88,6 +91,7 @@ class TrainResult(NamedTuple):
     stopped_early: bool
     resumed: bool
     final_state: TrainState
+    devices: dict | None = None
 
 
 class TrainingDiverged(RuntimeError):
@@ -172,6 +176,7 @@ def train(
     progress_position: int | None = None,
     stop: threading.Event | None = None,
     queue_next_chunk: bool = True,
+    devices: int | None = None,
 ) -> TrainResult:
     """Train ``params`` to minimise ``loss_fn`` and keep the best validation checkpoint.
 
@@ -224,6 +229,10 @@ def train(
             an accelerator never idles on host work. `train_concurrently` turns it off on
             a CPU: there, a chunk queued behind a running one was seen to run ahead of
             other threads' chunks, starving one run until the others had finished.
+        devices: data parallelism over the first `devices` of `jax.devices()`: each
+            batch is split over a one-axis mesh, parameters and data are replicated
+            (`_sharding`); `batch_size` must be a multiple of it. None: the default
+            device only. Results equal the single-device run's up to float round-off.
 
     Returns:
         A :class:`TrainResult` (best params / metrics / step, history, timings).
@@ -272,6 +281,12 @@ def train(
     n_train = leading_size(train_data, "train_data")
     if batch_size > n_train:
         raise ValueError(f"batch_size={batch_size} exceeds the training-set size {n_train}")
+    layout = None if devices is None else data_parallel(devices)
+    if layout is not None and batch_size % layout.num_devices:
+        raise ValueError(
+            f"batch_size={batch_size} must be a multiple of devices={layout.num_devices} "
+            "(each device takes an equal share of every batch)"
+        )
 
     # ---- setup --------------------------------------------------------------------------
     loop_fields = {
@@ -284,13 +299,20 @@ def train(
         optimizer = make_optimizer(learning_rate, weight_decay)
         loop_fields |= {"learning_rate": learning_rate, "weight_decay": weight_decay}
     full_fingerprint = {**dict(fingerprint or {}), "loop": loop_fields}
-    train_data = jax.device_put(train_data)
-    val_data = jax.device_put(val_data)
-    state = init_train_state(params, optimizer, key)
+    put = jax.device_put if layout is None else layout.put
+    train_data = put(train_data)
+    val_data = put(val_data)
+    state = put(init_train_state(params, optimizer, key))
+    batch_sharding = None if layout is None else layout.batch
     chunk_fn = cached(
-        ("chunk", loss_fn, optimizer, batch_size, n_train, eval_every),
+        ("chunk", loss_fn, optimizer, batch_size, n_train, eval_every, batch_sharding),
         lambda: make_train_chunk(
-            loss_fn, optimizer, batch_size=batch_size, n_train=n_train, chunk_len=eval_every
+            loss_fn,
+            optimizer,
+            batch_size=batch_size,
+            n_train=n_train,
+            chunk_len=eval_every,
+            batch_sharding=batch_sharding,
         ),
     )
     evaluate, eval_shape = make_evaluator(eval_fn, val_data, eval_batch_size)
@@ -345,6 +367,7 @@ def train(
                     "or overwrite)"
                 )
             state, best_params, meta = ckpt.restore(state)
+            state, best_params = put((state, best_params))
             step = saved_step = int(meta["step"])
             history = list(meta["history"])
             best_step = int(meta["best_step"])
@@ -489,4 +512,5 @@ def train(
         stopped_early=stopped_early,
         resumed=resumed,
         final_state=state,
+        devices=None if layout is None else layout.describe(),
     )

@@ -166,6 +166,7 @@ def make_train_chunk(
     batch_size: int,
     n_train: int,
     chunk_len: int,
+    batch_sharding: jax.sharding.Sharding | None = None,
 ):
     """Jitted ``chunk(state, train_data) -> (state, losses[chunk_len])``.
 
@@ -180,6 +181,8 @@ def make_train_chunk(
         batch_size: samples per step.
         n_train: size of the leading axis of every training-data leaf.
         chunk_len: number of steps per call.
+        batch_sharding: where each step's batch lives (`_sharding.DataParallel.batch`:
+            split over the devices of a mesh); None: wherever the data is.
 
     Returns:
         The jitted chunk function (compiled once per input shapes/dtypes).
@@ -199,6 +202,8 @@ def make_train_chunk(
             perm = jax.lax.cond(pos == 0, lambda: permutation(epoch), lambda: perm)
             idx = jax.lax.dynamic_slice_in_dim(perm, pos * batch_size, batch_size)
             batch = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), data)
+            if batch_sharding is not None:
+                batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
             st, loss = train_step(st, batch)
             return (st, perm), loss
 
