@@ -23,6 +23,10 @@ graph its pooling runs on:
 Large or periodic systems: `egnn_jax.radius_graph(x, cutoff, capacity=E, box=L)` gives an edge
 list for `egnn_jax.apply(..., senders=, receivers=, edge_mask=, box=L)`.
 
+Graphs of different sizes (a data set of molecules): `egnn_jax.pack_graphs(graphs,
+max_nodes=, max_edges=, max_graphs=)` packs them into one padded edge list of fixed shapes
+(`egnn_jax.packed_batches` cuts a data set into such batches).
+
 `egnn_jax.sim` holds the simulators, `egnn_jax.testing` the equivariance checks and
 `egnn_jax.experiments` the training pipelines.
 """
@@ -32,6 +36,10 @@ from . import hegnn as hegnn
 from . import testing as testing
 from ._api import apply as apply
 from ._api import init as init
+from ._batching import Graph as Graph
+from ._batching import GraphBatch as GraphBatch
+from ._batching import pack_graphs as pack_graphs
+from ._batching import packed_batches as packed_batches
 from ._config import EGHNConfig as EGHNConfig
 from ._config import EGNNConfig as EGNNConfig
 from ._config import HEGNNConfig as HEGNNConfig
