@@ -164,3 +164,55 @@ def test_without_a_box_a_distant_image_is_not_a_neighbour():
     x = jnp.array([[0.1, 0.0, 0.0], [3.9, 0.0, 0.0]])
     assert int(egnn_jax.radius_graph(x, 1.0, capacity=2).num_edges) == 0
     assert int(egnn_jax.radius_graph(x, 1.0, capacity=2, box=4.0).num_edges) == 2
+
+
+@pytest.mark.parametrize("dim, box", [(3, np.array([4.0, 5.0, 6.5])), (2, 6.0), (3, 4.5)])
+def test_cell_list_finds_the_brute_force_edges(dim, box):
+    rng = np.random.default_rng(dim)
+    side = np.broadcast_to(box, (dim,))
+    # Points on the cell borders and outside the box (wrapped) included.
+    x = rng.uniform(-0.2, 1.2, (150, dim)) * side
+    x[:5] = np.round(x[:5] / 1.25) * 1.25
+    mask = rng.uniform(size=150) > 0.15
+    expected = _brute_force(np.mod(x, side), 1.25, side, mask)
+    graph = egnn_jax.radius_graph(
+        jnp.asarray(x), 1.25, capacity=4000, box=box, node_mask=jnp.asarray(mask), method="cells"
+    )
+    assert _edges(graph) == expected and len(expected) > 100
+    assert int(graph.num_edges) == len(expected) and not bool(graph.overflow)
+    real = np.asarray(graph.edge_mask)
+    assert np.all(np.diff(np.asarray(graph.receivers)[real]) >= 0)
+    assert not np.asarray(graph.senders)[~real].any()
+    # The same edge list under jit and vmap.
+    batched = jax.jit(
+        jax.vmap(lambda p: egnn_jax.radius_graph(p, 1.25, capacity=4000, box=box, method="cells"))
+    )(jnp.stack([jnp.asarray(x)] * 2))
+    assert (
+        np.asarray(batched.num_edges).tolist()
+        == [len(_brute_force(np.mod(x, side), 1.25, side))] * 2
+    )
+
+
+def test_cell_list_reports_a_crowded_cell_and_a_full_edge_list():
+    x = jnp.concatenate([jnp.full((6, 3), 0.5), jnp.full((2, 3), 3.0)])  # 6 nodes in one cell
+    crowded = egnn_jax.radius_graph(x, 1.0, capacity=100, box=4.0, method="cells", cell_capacity=4)
+    assert bool(crowded.overflow) and int(crowded.num_edges) <= 100
+    roomy = egnn_jax.radius_graph(x, 1.0, capacity=100, box=4.0, method="cells", cell_capacity=6)
+    assert not bool(roomy.overflow) and int(roomy.num_edges) == 6 * 5 + 2
+    full = egnn_jax.radius_graph(x, 1.0, capacity=10, box=4.0, method="cells")
+    assert bool(full.overflow) and int(full.num_edges) == 32
+
+
+def test_cell_list_applies_only_where_it_can():
+    x = jnp.zeros((10, 3))
+    with pytest.raises(ValueError, match="at least 3 cutoffs"):
+        egnn_jax.radius_graph(x, 1.5, capacity=4, box=4.0, method="cells")
+    with pytest.raises(ValueError, match="at least 3 cutoffs"):
+        egnn_jax.radius_graph(x, 1.0, capacity=4, method="cells")
+    with pytest.raises(ValueError, match="method must be"):
+        egnn_jax.radius_graph(x, 1.0, capacity=4, method="kd_tree")
+    with pytest.raises(ValueError, match="cell_capacity"):
+        egnn_jax.radius_graph(x, 1.0, capacity=4, box=4.0, method="cells", cell_capacity=0)
+    # "auto" uses every pair for small graphs and where cells do not fit.
+    small = egnn_jax.radius_graph(x, 1.5, capacity=100, box=4.0)
+    assert int(small.num_edges) == 90

@@ -4,14 +4,20 @@ The edge list has a static capacity (so it jits and batches); the edges found be
 reported by `RadiusGraph.overflow`, never dropped silently. Filler edges point from node 0 to
 node 0 and carry ``edge_mask = False``; pass the mask on (`egnn_jax.apply(..., edge_mask=)`).
 
+Two searches give the same edges: every pair (`O(N²)`, any box or none) and, in a periodic
+box at least three cutoffs wide, a cell list (`O(N)`): the box is cut into cells no smaller
+than the cutoff, each node is binned, and each node compares itself with the nodes of its own
+and the adjacent cells only (3^n of them). The cell table has a static number of slots per
+cell, so a crowded cell is reported like an edge overflow.
+
 Why not jax-md's neighbour lists: jax-md 0.2.29 depends on jraph (unmaintained, partly broken
-on current JAX) and pymatgen, and its `partition` module imports jraph at load time; the
-all-pairs search below is what a cell list would refine, and it is exact.
+on current JAX) and pymatgen, and its `partition` module imports jraph at load time.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import NamedTuple
 
 import jax
@@ -28,10 +34,13 @@ class RadiusGraph(NamedTuple):
         senders: `[capacity]` int32, node j of the edge j -> i (0 on filler edges).
         receivers: `[capacity]` int32, node i, in increasing order over the real edges.
         edge_mask: `[capacity]` bool, True for the real edges (they come first).
-        overflow: `[]` bool, True when more pairs were within the cutoff than `capacity`
-            (the list then holds the first `capacity` of them, by receiver).
-        num_edges: `[]` int32, how many directed pairs were within the cutoff (also when
-            that is more than `capacity`: the capacity to ask for next time).
+        overflow: `[]` bool, True when the list is incomplete: more pairs were within the
+            cutoff than `capacity` (the list then holds the first `capacity` of them, by
+            receiver), or, for the cell-list search, a cell held more nodes than its slots.
+        num_edges: `[]` int32, how many directed pairs were found within the cutoff (also
+            when that is more than `capacity`: the capacity to ask for next time). If
+            `overflow` is set with `num_edges <= capacity`, a cell was too crowded: raise
+            `cell_capacity`.
     """
 
     senders: jax.Array
@@ -77,35 +86,89 @@ def _check(x, cutoff, capacity, box, node_mask):
         )
 
 
-def radius_graph(x, cutoff, *, capacity: int, box=None, node_mask=None) -> RadiusGraph:
+# Below this many nodes every pair is cheaper than binning (measured: benchmarks/bench_scale).
+CELL_LIST_MIN_NODES = 2048
+
+
+def radius_graph(
+    x,
+    cutoff,
+    *,
+    capacity: int,
+    box=None,
+    node_mask=None,
+    method: str = "auto",
+    cell_capacity: int | None = None,
+) -> RadiusGraph:
     """All directed edges j -> i between real nodes with ``|x_i - x_j| < cutoff``.
 
     Arguments:
         x: `[N, n]` positions (inside the box when `box` is given; wrapped otherwise).
-        cutoff: the radius (a Python float or a traced scalar). With a box, it must be at
-            most half the shortest side, so that each pair has one minimum image.
+        cutoff: the radius (a Python float or a traced scalar; the cell list needs a
+            Python float). With a box, it must be at most half the shortest side, so that
+            each pair has one minimum image.
         capacity: static; the most directed edges the list holds.
         box: `[n]` or scalar side lengths of a periodic cell (origin at 0), or None.
         node_mask: `[N]` bool, False for padding nodes (they get no edges), or None.
+        method: ``"all_pairs"`` (`O(N²)`), ``"cells"`` (a cell list, `O(N)`: needs a
+            concrete `box` and `cutoff` with at least 3 cells of side >= cutoff along each
+            axis), or ``"auto"``: cells when they apply and N >= `CELL_LIST_MIN_NODES`.
+        cell_capacity: static; node slots per cell of the cell list (default: twice the
+            mean occupancy N / cells, plus 8). A fuller cell sets `overflow`.
 
     Returns:
-        `RadiusGraph` ``(senders, receivers, edge_mask, overflow, num_edges)``.
+        `RadiusGraph` ``(senders, receivers, edge_mask, overflow, num_edges)``. Both
+        methods give the same edge set; senders of one receiver may come in another order.
 
     Raises:
         ValueError: at trace time for wrong shapes or dtypes, a non-positive cutoff,
-            capacity or box side, or a cutoff over half a concrete box side.
+            capacity or box side, a cutoff over half a concrete box side, an unknown
+            method, or ``"cells"`` where a cell list does not apply.
 
-    The search compares all pairs (`O(N²)` time, memory in chunks of receivers is future
-    work); it composes with `jit` (capacity static) and `vmap`.
+    Composes with `jit` (capacity static) and `vmap`.
     """
     _check(x, cutoff, capacity, box, node_mask)
-    if box is not None and not isinstance(box, jax.core.Tracer):
-        if not isinstance(cutoff, jax.core.Tracer) and float(cutoff) > 0.5 * np.min(box):
-            raise ValueError(
-                f"cutoff {cutoff} exceeds half the box side {np.min(box)}: a pair could "
-                "be within the cutoff through more than one image"
-            )
-    return _radius_graph(x, cutoff, capacity, box, node_mask)
+    concrete_box = box is not None and not isinstance(box, jax.core.Tracer)
+    concrete_cutoff = not isinstance(cutoff, jax.core.Tracer)
+    if concrete_box and concrete_cutoff and float(cutoff) > 0.5 * np.min(box):
+        raise ValueError(
+            f"cutoff {cutoff} exceeds half the box side {np.min(box)}: a pair could "
+            "be within the cutoff through more than one image"
+        )
+    if method not in ("auto", "all_pairs", "cells"):
+        raise ValueError(f"method must be 'auto', 'all_pairs' or 'cells', got {method!r}")
+    cells = None
+    if concrete_box and concrete_cutoff:
+        side = np.broadcast_to(np.asarray(box, np.float64), x.shape[1:])
+        cells = tuple(int(c) for c in np.floor(side / float(cutoff)))
+        if min(cells) < 3:
+            cells = None  # adjacent cells would repeat through the periodic wrap
+    if method == "cells" and cells is None:
+        raise ValueError(
+            "method='cells' needs a concrete box and cutoff with at least 3 cutoffs along "
+            f"every side (box {box}, cutoff {cutoff})"
+        )
+    use_cells = method == "cells" or (
+        method == "auto" and cells is not None and x.shape[0] >= CELL_LIST_MIN_NODES
+    )
+    if not use_cells:
+        return _radius_graph(x, cutoff, capacity, box, node_mask)
+    if cell_capacity is None:
+        cell_capacity = int(np.ceil(2 * x.shape[0] / np.prod(cells))) + 8
+    elif isinstance(cell_capacity, bool) or not isinstance(cell_capacity, int | np.integer):
+        raise ValueError(f"cell_capacity must be a positive int, got {cell_capacity!r}")
+    elif cell_capacity < 1:
+        raise ValueError(f"cell_capacity must be a positive int, got {cell_capacity!r}")
+    side = tuple(float(s) for s in np.broadcast_to(np.asarray(box, np.float64), x.shape[1:]))
+    return _cell_radius_graph(
+        x,
+        node_mask,
+        cutoff=float(cutoff),
+        capacity=int(capacity),
+        box=side,
+        cells=cells,
+        cell_capacity=int(cell_capacity),
+    )
 
 
 def edge_list(pairs, capacity: int, node_mask=None) -> RadiusGraph:
@@ -134,3 +197,51 @@ def _radius_graph(x, cutoff, capacity, box, node_mask):
     d = minimum_image(x[:, None, :] - x[None, :, :], box)  # [i, j]: x_i - x_j
     within = jnp.sum(d * d, axis=-1) < jnp.asarray(cutoff, x.dtype) ** 2
     return edge_list(within, capacity, node_mask)
+
+
+@functools.partial(jax.jit, static_argnames=("cutoff", "capacity", "box", "cells", "cell_capacity"))
+def _cell_radius_graph(x, node_mask, *, cutoff, capacity, box, cells, cell_capacity):
+    n, dim = x.shape
+    num_cells = int(np.prod(cells))
+    box_a = jnp.asarray(box, x.dtype)[None, :]
+    cells_a = np.asarray(cells, np.int32)[None, :]
+    # Bin every node; padding nodes go to one extra bin that no node looks into.
+    cell = jnp.floor(jnp.mod(x, box_a) / (box_a / cells_a)).astype(jnp.int32)
+    cell = jnp.clip(cell, 0, cells_a - 1)
+    strides = np.cumprod((1,) + cells[:-1]).astype(np.int32)[None, :]
+    flat = jnp.sum(cell * strides, axis=1)
+    if node_mask is not None:
+        flat = jnp.where(node_mask, flat, num_cells)
+    order = jnp.argsort(flat, stable=True).astype(jnp.int32)
+    sorted_cell = flat[order]
+    counts = jax.ops.segment_sum(jnp.ones((n,), jnp.int32), flat, num_segments=num_cells + 1)
+    starts = jnp.cumsum(counts) - counts
+    slot = jnp.arange(n, dtype=jnp.int32) - starts[sorted_cell]
+    # Nodes past a cell's slots, and padding nodes, fall outside the table and are dropped.
+    row = jnp.where(slot < cell_capacity, sorted_cell, num_cells)
+    table = jnp.full((num_cells, cell_capacity), -1, jnp.int32)
+    table = table.at[row, slot].set(order, mode="drop")
+    crowded = jnp.max(counts[:num_cells]) > cell_capacity
+
+    # Each node's candidates: the table rows of its own and the 3^n adjacent cells.
+    offsets = np.asarray(list(itertools.product((-1, 0, 1), repeat=dim)), np.int32)
+    around = jnp.mod(cell[:, None, :] + offsets[None, :, :], cells_a[None, :, :])
+    around = jnp.sum(around * strides[None, :, :], axis=-1)  # [N, 3^n]
+    candidates = table[around].reshape(n, -1)  # [N, 3^n * slots]
+    safe = jnp.maximum(candidates, 0)
+    d = minimum_image(x[:, None, :] - x[safe], box_a[0])
+    within = (jnp.sum(d * d, axis=-1) < cutoff * cutoff) & (candidates >= 0)
+    within = within & (candidates != jnp.arange(n, dtype=jnp.int32)[:, None])
+    if node_mask is not None:
+        within = within & node_mask[:, None]
+    count = jnp.sum(within, dtype=jnp.int32)
+    receivers, column = jnp.nonzero(within, size=capacity, fill_value=0)
+    edge_mask = jnp.arange(capacity) < count
+    senders = jnp.where(edge_mask, candidates[receivers, column], 0)
+    return RadiusGraph(
+        senders.astype(jnp.int32),
+        receivers.astype(jnp.int32),
+        edge_mask,
+        (count > capacity) | crowded,
+        count,
+    )
