@@ -115,6 +115,10 @@ class EGCL(nn.Module):
         def dense(features, name):  # every such layer reads a width-`width` input
             return _linear(features, width, h.dtype, name)
 
+        if isinstance(graph, SparseGraph):
+            # Under `nn.remat` every argument leaf is traced, the static node count too;
+            # it is h's row count by construction.
+            graph = graph._replace(num_nodes=h.shape[0])
         f = h.shape[-1]
         a = 0 if edge_attr is None else edge_attr.shape[-1]
         diff = graph.diff(x)
@@ -205,8 +209,11 @@ class EGNN(nn.Module):
         h = _linear(cfg.hidden_features, h.shape[-1], h.dtype, "embedding")(h)
         if edge_attr is not None:
             edge_attr = graph.edge_view(edge_attr)
+        # With `remat`, each layer's activations are recomputed in the backward pass
+        # instead of stored: memory of one layer's edges instead of all of them.
+        layer = nn.remat(EGCL) if cfg.remat else EGCL
         for i in range(cfg.num_layers):
-            h, x = EGCL(cfg, name=f"layer_{i}")(graph, h, x, v, edge_attr)
+            h, x = layer(cfg, name=f"layer_{i}")(graph, h, x, v, edge_attr)
         if cfg.out_features is not None:
             h = _linear(cfg.out_features, cfg.hidden_features, h.dtype, "readout")(h)
         return h, x
