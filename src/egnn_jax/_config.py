@@ -44,10 +44,10 @@ class EGNNConfig:
         residual: h_i <- h_i + phi_h(h_i, m_i) (paper); `False` gives h_i <- phi_h(h_i, m_i).
         coords_weight_gain: Xavier-uniform gain of phi_x's last layer (reference: 0.001) so
             that training starts with nearly unchanged coordinates.
-        remat: rematerialise each layer in the backward pass (`flax.linen.remat`, i.e.
-            `jax.checkpoint`): the gradient stores one layer's edge activations at a time
-            instead of every layer's, for about one more forward pass of compute. Same
-            results; for graphs whose edges do not fit in memory otherwise.
+        remat: rematerialise each layer in the backward pass (`jax.checkpoint` inside a
+            `lax.scan` over the layers): the gradient stores one layer's edge activations
+            at a time instead of every layer's, for about one more forward pass of compute.
+            Same parameters and results; for graphs whose edges do not fit otherwise.
     """
 
     hidden_features: int = 64

@@ -115,10 +115,6 @@ class EGCL(nn.Module):
         def dense(features, name):  # every such layer reads a width-`width` input
             return _linear(features, width, h.dtype, name)
 
-        if isinstance(graph, SparseGraph):
-            # Under `nn.remat` every argument leaf is traced, the static node count too;
-            # it is h's row count by construction.
-            graph = graph._replace(num_nodes=h.shape[0])
         f = h.shape[-1]
         a = 0 if edge_attr is None else edge_attr.shape[-1]
         diff = graph.diff(x)
@@ -209,11 +205,32 @@ class EGNN(nn.Module):
         h = _linear(cfg.hidden_features, h.shape[-1], h.dtype, "embedding")(h)
         if edge_attr is not None:
             edge_attr = graph.edge_view(edge_attr)
-        # With `remat`, each layer's activations are recomputed in the backward pass
-        # instead of stored: memory of one layer's edges instead of all of them.
-        layer = nn.remat(EGCL) if cfg.remat else EGCL
-        for i in range(cfg.num_layers):
-            h, x = layer(cfg, name=f"layer_{i}")(graph, h, x, v, edge_attr)
+        if cfg.remat and not self.is_initializing():
+            h, x = self._rematerialised_layers(graph, h, x, v, edge_attr)
+        else:
+            for i in range(cfg.num_layers):
+                h, x = EGCL(cfg, name=f"layer_{i}")(graph, h, x, v, edge_attr)
         if cfg.out_features is not None:
             h = _linear(cfg.out_features, cfg.hidden_features, h.dtype, "readout")(h)
+        return h, x
+
+    def _rematerialised_layers(self, graph, h, x, v, edge_attr):
+        """The layers as a `lax.scan` of `jax.checkpoint`ed steps over their stacked params.
+
+        The backward pass recomputes one layer at a time from its inputs (h, x) instead of
+        storing every layer's edge activations. The scan is what makes the saving real: with
+        the layers unrolled, XLA is free to schedule all recomputations before the first
+        backward step, keeping everything alive again. Parameters keep the `layer_i` names.
+        """
+        layer = EGCL(self.config, parent=None)
+        names = [f"layer_{i}" for i in range(self.config.num_layers)]
+        stacked = jax.tree.map(
+            lambda *p: jnp.stack(p), *(self.variables["params"][n] for n in names)
+        )
+
+        @jax.checkpoint
+        def step(carry, params):
+            return layer.apply({"params": params}, graph, *carry, v, edge_attr), None
+
+        (h, x), _ = jax.lax.scan(step, (h, x), stacked)
         return h, x
