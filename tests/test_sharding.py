@@ -113,6 +113,7 @@ _FOUR_DEVICES = textwrap.dedent(
     # A whole experiment through its command line, on 2 devices and on 1.
     workdir = {workdir!r}
     common = ["--quick", "--models", "egnn_vel", "--iterations", "100", "--no-progress",
+              "--n-trajectories", "200",
               "--data-dir", workdir + "/data"]
     out["codes"] = [
         three_body.main([*common, "--workdir", workdir + "/one"]),

@@ -86,7 +86,8 @@ def _check(x, cutoff, capacity, box, node_mask):
         )
 
 
-# Below this many nodes every pair is cheaper than binning (measured: benchmarks/bench_scale).
+# "auto" uses the cell list from this size on: below it, comparing every pair is cheap and
+# avoids the binning and the 3^n-cell candidate lists.
 CELL_LIST_MIN_NODES = 2048
 
 
