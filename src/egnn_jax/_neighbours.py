@@ -138,10 +138,10 @@ def radius_graph(
         )
     if method not in ("auto", "all_pairs", "cells"):
         raise ValueError(f"method must be 'auto', 'all_pairs' or 'cells', got {method!r}")
-    cells = None
+    cells = side = None
     if concrete_box and concrete_cutoff:
-        side = np.broadcast_to(np.asarray(box, np.float64), x.shape[1:])
-        cells = tuple(int(c) for c in np.floor(side / float(cutoff)))
+        side = tuple(float(s) for s in np.broadcast_to(np.asarray(box, np.float64), x.shape[1:]))
+        cells = tuple(int(c) for c in np.floor(np.asarray(side) / float(cutoff)))
         if min(cells) < 3:
             cells = None  # adjacent cells would repeat through the periodic wrap
     if method == "cells" and cells is None:
@@ -160,7 +160,6 @@ def radius_graph(
         raise ValueError(f"cell_capacity must be a positive int, got {cell_capacity!r}")
     elif cell_capacity < 1:
         raise ValueError(f"cell_capacity must be a positive int, got {cell_capacity!r}")
-    side = tuple(float(s) for s in np.broadcast_to(np.asarray(box, np.float64), x.shape[1:]))
     return _cell_radius_graph(
         x,
         node_mask,

@@ -110,8 +110,8 @@ def train_and_evaluate(
     unknown = [m for m in config.models if m not in experiment.model_names]
     if unknown:
         raise ValueError(f"unknown models {unknown}; choose from {experiment.model_names}")
-    if devices is not None:  # fail before simulating data
-        layout = data_parallel(devices)
+    layout = None if devices is None else data_parallel(devices)  # fail before simulating
+    if layout is not None:
         if config.batch_size % layout.num_devices:
             raise ValueError(
                 f"batch size {config.batch_size} is not a multiple of devices={devices}"
@@ -232,7 +232,7 @@ def train_and_evaluate(
         "test_mse": {n: r.get("test_mse") for n, r in all_rows.items()},
         "data": data.metadata,
         "device": device(),
-        "devices": (data_parallel(devices).describe() if devices else single_device()),
+        "devices": single_device() if layout is None else layout.describe(),
         "versions": versions(),
         "command": command,
         "histories": {n: histories[n] for n in order if n in histories},
