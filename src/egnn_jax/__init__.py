@@ -20,6 +20,14 @@ graph its pooling runs on:
     params = egnn_jax.eghn.init(key, config, h, x, v, edge_attr=a, local_adjacency=adj)
     out = egnn_jax.eghn.apply(params, config, h, x, v, edge_attr=a, local_adjacency=adj)
 
+FastEGNN (Zhang et al., ICML 2024; C virtual nodes beside a reduced graph) likewise:
+
+    config = egnn_jax.FastEGNNConfig(hidden_features=64, virtual_channels=3)
+    edges = egnn_jax.shortest_edges(x, 0.5)
+    out = egnn_jax.fastegnn.apply(params, config, h, x, v=v, senders=edges.senders,
+                                  receivers=edges.receivers, edge_mask=edges.edge_mask)
+    out.x, out.virtual_x   # + egnn_jax.fastegnn.mmd_loss(key, out.x, out.virtual_x)
+
 Large or periodic systems: `egnn_jax.radius_graph(x, cutoff, capacity=E, box=L)` gives an edge
 list for `egnn_jax.apply(..., senders=, receivers=, edge_mask=, box=L)`.
 
@@ -32,6 +40,7 @@ max_nodes=, max_edges=, max_graphs=)` packs them into one padded edge list of fi
 """
 
 from . import eghn as eghn
+from . import fastegnn as fastegnn
 from . import hegnn as hegnn
 from . import testing as testing
 from ._api import apply as apply
@@ -42,6 +51,7 @@ from ._batching import pack_graphs as pack_graphs
 from ._batching import packed_batches as packed_batches
 from ._config import EGHNConfig as EGHNConfig
 from ._config import EGNNConfig as EGNNConfig
+from ._config import FastEGNNConfig as FastEGNNConfig
 from ._config import HEGNNConfig as HEGNNConfig
 from ._egcl import EGCL as EGCL
 from ._egcl import EGNN as EGNN
@@ -52,5 +62,6 @@ from ._graph import dense_to_sparse_edge_attr as dense_to_sparse_edge_attr
 from ._neighbours import RadiusGraph as RadiusGraph
 from ._neighbours import minimum_image as minimum_image
 from ._neighbours import radius_graph as radius_graph
+from ._neighbours import shortest_edges as shortest_edges
 
 __version__ = "0.1.0"

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["RadiusGraph", "minimum_image", "radius_graph"]
+__all__ = ["RadiusGraph", "minimum_image", "radius_graph", "shortest_edges"]
 
 
 class RadiusGraph(NamedTuple):
@@ -169,6 +169,51 @@ def radius_graph(
         cells=cells,
         cell_capacity=int(cell_capacity),
     )
+
+
+def shortest_edges(x, keep_fraction: float, *, node_mask=None, box=None) -> RadiusGraph:
+    """The shortest `keep_fraction` of the directed edges of the complete graph.
+
+    FastEGNN's reduced real-real graph (GLAD-RUC/FastEGNN, `datasets/nbody/dataset.py`:
+    ``cutoff_rate`` = 1 - `keep_fraction`): of the M (M - 1) directed pairs of distinct
+    nodes, the ``int(M (M - 1) keep_fraction)`` shortest. Both directions of a pair have
+    the same length, so pairs are kept whole except at a tie on the last length.
+
+    Arguments:
+        x: `[M, n]` positions.
+        keep_fraction: in (0, 1] (a Python float: the edge count is a static shape).
+        node_mask: `[M]` bool, False for padding nodes (never an end of an edge); the edge
+            count stays that of M nodes, and the edges with a padding end are masked out.
+        box: `[n]` or scalar side lengths of a periodic cell (minimum-image lengths), or None.
+
+    Returns:
+        `RadiusGraph` with capacity ``int(M (M - 1) keep_fraction)``, receivers in
+        increasing order; `overflow` is always False.
+
+    Composes with `jit` and `vmap`.
+    """
+    _check(x, 1.0, 1, box, node_mask)
+    if isinstance(keep_fraction, jax.core.Tracer) or not 0 < float(keep_fraction) <= 1:
+        raise ValueError(f"keep_fraction must be a Python float in (0, 1], got {keep_fraction!r}")
+    m = x.shape[0]
+    count = int(m * (m - 1) * float(keep_fraction))
+    if count < 1:
+        raise ValueError(f"keep_fraction {keep_fraction} keeps no edge of {m} nodes")
+    return _shortest_edges(x, count, box, node_mask)
+
+
+@functools.partial(jax.jit, static_argnames="count")
+def _shortest_edges(x, count, box, node_mask):
+    m = x.shape[0]
+    d = minimum_image(x[:, None, :] - x[None, :, :], box)
+    d2 = jnp.sum(d * d, axis=-1)
+    excluded = jnp.eye(m, dtype=bool)
+    if node_mask is not None:
+        excluded = excluded | ~(node_mask[:, None] & node_mask[None, :])
+    d2 = jnp.where(excluded, jnp.inf, d2)
+    _, flat = jax.lax.top_k(-d2.reshape(-1), count)
+    pairs = jnp.zeros((m * m,), bool).at[flat].set(True).reshape(m, m) & ~excluded
+    return edge_list(pairs, count)
 
 
 def edge_list(pairs, capacity: int, node_mask=None) -> RadiusGraph:

@@ -1,0 +1,200 @@
+"""FastEGNN (Zhang et al., ICML 2024): EGNN with virtual nodes, for large or sparse graphs.
+
+The public API mirrors `egnn_jax.init` / `egnn_jax.apply` (same graphs, same checks), on one
+graph with its C virtual nodes:
+
+    config = egnn_jax.FastEGNNConfig(hidden_features=64, num_layers=4, virtual_channels=3)
+    edges = egnn_jax.shortest_edges(x, 0.5)       # or egnn_jax.radius_graph(...)
+    kw = dict(senders=edges.senders, receivers=edges.receivers, edge_mask=edges.edge_mask)
+    params = egnn_jax.fastegnn.init(key, config, h, x, v=v, edge_attr=a, **kw)
+    out = egnn_jax.fastegnn.apply(params, config, h, x, v=v, edge_attr=a, **kw)
+    out.x, out.h, out.virtual_x, out.virtual_h
+    loss = mse(out.x, target) + 0.01 * egnn_jax.fastegnn.mmd_loss(key, out.x, out.virtual_x)
+
+Batch with `jax.vmap` over graphs of one padded size (every graph has its own virtual nodes,
+so a disjoint union of graphs in one edge list would share them: vmap instead). The layer's
+equations and the choices taken from the reference code are in `egnn_jax._fastegnn`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from ._api import _check_indices_if_concrete, _checked_indices, _shape, _validate_graph
+from ._config import FastEGNNConfig
+from ._fastegnn import FastEGCL, FastEGNN, FastEGNNOutput, mmd_loss
+from ._graph import DenseGraph
+
+__all__ = [
+    "FastEGCL",
+    "FastEGNN",
+    "FastEGNNConfig",
+    "FastEGNNOutput",
+    "apply",
+    "init",
+    "mmd_loss",
+]
+
+
+def _validate(config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask):
+    """Static (trace-time) checks; returns the real-real graph backend and the node mask."""
+    if not isinstance(config, FastEGNNConfig):
+        raise TypeError(f"config must be an egnn_jax.FastEGNNConfig, got {type(config).__name__}")
+    sparse = senders is not None
+    graph = _validate_graph(
+        h,
+        x,
+        v,
+        edge_attr,
+        None if sparse else node_mask,
+        senders,
+        receivers,
+        velocity=config.velocity,
+        config_name="FastEGNNConfig",
+    )
+    n = h.shape[0]
+    if isinstance(graph, DenseGraph):
+        if edge_mask is not None:
+            raise ValueError("edge_mask is for sparse graphs (senders, receivers)")
+        return graph, graph.node_mask
+    if edge_mask is not None:
+        if edge_mask.shape != senders.shape or edge_mask.dtype != jnp.bool_:
+            raise ValueError(
+                f"edge_mask must be bool of shape {senders.shape}, got {_shape(edge_mask)} "
+                f"dtype {edge_mask.dtype}"
+            )
+        graph = graph._replace(edge_mask=edge_mask)
+    if node_mask is None:
+        node_mask = jnp.ones((n,), bool)
+    elif node_mask.shape != (n,) or node_mask.dtype != jnp.bool_:
+        raise ValueError(
+            f"node_mask must be bool of shape ({n},), got {_shape(node_mask)} "
+            f"dtype {node_mask.dtype}"
+        )
+    return graph, node_mask
+
+
+def _check_params(params, config: FastEGNNConfig, h, edge_attr):
+    """Clear errors when params were initialised for other widths, depths or channels."""
+    try:
+        tree = params["params"]
+        embed = tree["embedding"]["kernel"]
+        virtual = tree["virtual_features"]
+        edge_in = tree["layer_0"]["edge_in"]["kernel"]
+    except (KeyError, TypeError) as err:
+        raise ValueError("params is not a tree returned by egnn_jax.fastegnn.init") from err
+    if embed.shape[0] != h.shape[1]:
+        raise ValueError(f"params expect h with {embed.shape[0]} features, got h {_shape(h)}")
+    if virtual.shape != (config.virtual_channels, config.hidden_features):
+        raise ValueError(
+            f"params have {virtual.shape[0]} virtual channels of width {virtual.shape[1]}, but "
+            f"the config has {config.virtual_channels} of width {config.hidden_features}"
+        )
+    layers = sum(1 for name in tree if name.startswith("layer_"))
+    if layers != config.num_layers:
+        raise ValueError(
+            f"params have {layers} layers, but config.num_layers is {config.num_layers}"
+        )
+    attr = edge_in.shape[0] - 2 * embed.shape[1] - 1
+    got = 0 if edge_attr is None else edge_attr.shape[-1]
+    if attr != got:
+        raise ValueError(
+            f"params expect edge_attr of width {attr}, got edge_attr {_shape(edge_attr)}"
+        )
+    if ("vel_out" in tree["layer_0"]) != config.velocity:
+        raise ValueError(
+            f"params were initialised with velocity={not config.velocity}, but "
+            f"config.velocity is {config.velocity}"
+        )
+    if embed.dtype != h.dtype:
+        raise ValueError(f"params have dtype {embed.dtype} but the inputs {h.dtype}")
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask):
+    graph, mask = _validate(config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask)
+    return FastEGNN(config).init(key, graph, mask, h, x, v, edge_attr)
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _apply(params, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask):
+    graph, mask = _validate(config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask)
+    _check_params(params, config, h, edge_attr)
+    graph = _checked_indices(graph, "egnn_jax.fastegnn.apply")
+    return FastEGNN(config).apply(params, graph, mask, h, x, v, edge_attr)
+
+
+def init(
+    key,
+    config: FastEGNNConfig,
+    h,
+    x,
+    v=None,
+    edge_attr=None,
+    node_mask=None,
+    senders=None,
+    receivers=None,
+    edge_mask=None,
+):
+    """Initialise the parameters of a FastEGNN stack (pure; jit-compiled).
+
+    Parameter shapes depend only on the widths F and A and on the config, so parameters
+    initialised on one graph serve graphs of any size, dense or sparse.
+
+    Arguments: as `apply` (without `params`); `key` is a `jax.random` key.
+
+    Returns:
+        A Flax parameter tree (`{"params": ...}`) in the floating dtype of `x`; its
+        ``virtual_features [C, hidden_features]`` are the virtual nodes' initial features.
+    """
+    if senders is not None:
+        _check_indices_if_concrete(senders, receivers, h.shape[0])
+    return _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask)
+
+
+def apply(
+    params,
+    config: FastEGNNConfig,
+    h,
+    x,
+    v=None,
+    edge_attr=None,
+    node_mask=None,
+    senders=None,
+    receivers=None,
+    edge_mask=None,
+) -> FastEGNNOutput:
+    """Run a FastEGNN stack on one graph (pure; jit-compiled; composes with vmap and grad).
+
+    The real-real messages run on the graph given: dense (the complete graph over the nodes
+    where `node_mask` is True) or sparse (`senders[e] -> receivers[e]`, e.g. from
+    `egnn_jax.shortest_edges` or `egnn_jax.radius_graph`). The C virtual nodes exchange
+    messages with every real node (`node_mask`, for sparse graphs too).
+
+    Arguments:
+        params: the tree returned by `init`.
+        config: the `FastEGNNConfig` used at `init` (static).
+        h: `[M, F]` node features.
+        x: `[M, n]` positions.
+        v: `[M, n]` velocities; required iff `config.velocity` (the default).
+        edge_attr: `[M, M, A]` (dense; entry `[i, j]` belongs to the edge j -> i) or `[E, A]`
+            (sparse), or None. Must match the width used at `init`.
+        node_mask: `[M]` bool, False for padding nodes (dense and sparse); None: all real.
+        senders, receivers: `[E]` int (sparse only).
+        edge_mask: `[E]` bool (sparse only): False for edges that carry nothing.
+
+    Returns:
+        `FastEGNNOutput(h, x, virtual_h, virtual_x)`: h `[M, out_features or
+        hidden_features]`, x `[M, n]`, virtual_h `[C, hidden_features]`, virtual_x `[C, n]`.
+
+    Raises:
+        ValueError: at trace time for wrong ranks, shapes or dtypes (naming the argument),
+            an empty graph, a missing or extra `v`, params of another width, depth, channel
+            count or velocity setting; in eager calls, edge indices outside `[0, M)`.
+    """
+    if senders is not None:
+        _check_indices_if_concrete(senders, receivers, h.shape[0])
+    return _apply(params, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask)

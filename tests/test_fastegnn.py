@@ -1,0 +1,378 @@
+"""FastEGNN (`egnn_jax.fastegnn`), its reduced graph (`egnn_jax.shortest_edges`) and MMD loss."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import egnn_jax
+from egnn_jax.testing import assert_equivariant, random_orthogonal
+
+CONFIG = egnn_jax.FastEGNNConfig(hidden_features=16, num_layers=2, virtual_channels=3)
+
+
+@pytest.fixture(autouse=True)
+def _x64():
+    """float64 available (each test picks its dtype explicitly; float32 stays float32)."""
+    with jax.enable_x64(True):
+        yield
+
+
+def _system(dtype, n=9, pad=0):
+    k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
+    x = 2.0 * jax.random.normal(k1, (n, 3), dtype)
+    v = jax.random.normal(k2, (n, 3), dtype)
+    q = jnp.where(jax.random.bernoulli(k3, 0.5, (n, 1)), 1.0, -1.0).astype(dtype)
+    h = jnp.concatenate([jnp.linalg.norm(v, axis=-1, keepdims=True), q], -1)
+    d = jnp.linalg.norm(x[:, None] - x[None], axis=-1)
+    a = jnp.stack([d, q * q[:, 0][None]], -1)
+    if pad:
+        x = jnp.concatenate([x, jnp.full((pad, 3), 5.0, dtype)])
+        v = jnp.concatenate([v, jnp.ones((pad, 3), dtype)])
+        h = jnp.concatenate([h, jnp.ones((pad, 2), dtype)])
+        a = jnp.pad(a, ((0, pad), (0, pad), (0, 0)), constant_values=2.0)
+    return h, x, v, a, jnp.arange(n + pad) < n
+
+
+COORD_HEADS = ("coord_out", "virtual_coord_out", "virtual_position_out")
+
+
+def _params(dtype, config=CONFIG, **kw):
+    h, x, v, a, _ = _system(dtype)
+    params = egnn_jax.fastegnn.init(jax.random.key(0), config, h, x, v=v, edge_attr=a)
+    # Trained coordinate heads are not 1e-3 small: scale them so that every term of the
+    # position updates shows in the checks.
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: p * 300 if str(path[-2].key) in COORD_HEADS else p,
+        params,
+    )
+
+
+def _virtual_invariants(out):
+    """Per-node invariants of the virtual nodes: their features and distances to x_i."""
+    d = jnp.linalg.norm(out.x[:, None, :] - out.virtual_x[None], axis=-1)
+    vh = jnp.broadcast_to(out.virtual_h.reshape(1, -1), (out.x.shape[0], out.virtual_h.size))
+    return jnp.concatenate([out.h, d, vh], -1)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_equivariant_dense_and_sparse(dtype):
+    params = _params(dtype)
+    h, x, v, a, _ = _system(dtype)
+
+    def dense(h, x, v=None, edge_attr=None):
+        out = egnn_jax.fastegnn.apply(params, CONFIG, h, x, v=v, edge_attr=edge_attr)
+        return _virtual_invariants(out), out.x
+
+    assert_equivariant(dense, jax.random.key(1), h, x, v=v, edge_attr=a)
+
+    edges = egnn_jax.shortest_edges(x, 0.5)
+    a_sparse = a[edges.receivers, edges.senders]
+
+    def sparse(h, x, v=None, edge_attr=None, senders=None, receivers=None):
+        out = egnn_jax.fastegnn.apply(
+            params, CONFIG, h, x, v=v, edge_attr=edge_attr, senders=senders, receivers=receivers
+        )
+        return _virtual_invariants(out), out.x
+
+    assert_equivariant(
+        sparse,
+        jax.random.key(2),
+        h,
+        x,
+        v=v,
+        edge_attr=a_sparse,
+        senders=edges.senders,
+        receivers=edges.receivers,
+    )
+
+
+def test_virtual_positions_equivariant_and_start_at_centre():
+    dtype = jnp.float64
+    params = _params(dtype)
+    h, x, v, a, _ = _system(dtype)
+    q = random_orthogonal(jax.random.key(5), 3, dtype)
+    t = jnp.asarray([[0.3, -1.2, 2.0]], dtype)
+    out = egnn_jax.fastegnn.apply(params, CONFIG, h, x, v=v, edge_attr=a)
+    moved = egnn_jax.fastegnn.apply(params, CONFIG, h, x @ q.T + t, v=v @ q.T, edge_attr=a)
+    np.testing.assert_allclose(moved.virtual_x, out.virtual_x @ q.T + t, atol=1e-10)
+    np.testing.assert_allclose(moved.virtual_h, out.virtual_h, atol=1e-10)
+    # Distinct roles: the virtual nodes leave the centre of mass in different directions.
+    gaps = np.linalg.norm(
+        np.asarray(out.virtual_x)[:, None] - np.asarray(out.virtual_x)[None], axis=-1
+    )
+    assert gaps[~np.eye(3, dtype=bool)].min() > 1e-3
+
+
+def test_dense_equals_sparse_complete_graph():
+    dtype = jnp.float64
+    params = _params(dtype)
+    h, x, v, a, _ = _system(dtype)
+    senders, receivers = egnn_jax.complete_graph_edges(x.shape[0])
+    dense = egnn_jax.fastegnn.apply(params, CONFIG, h, x, v=v, edge_attr=a)
+    sparse = egnn_jax.fastegnn.apply(
+        params,
+        CONFIG,
+        h,
+        x,
+        v=v,
+        edge_attr=egnn_jax.dense_to_sparse_edge_attr(a),
+        senders=senders,
+        receivers=receivers,
+    )
+    for got, want in zip(sparse, dense, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_padding_nodes_change_nothing(sparse):
+    dtype = jnp.float64
+    params = _params(dtype)
+    n, pad = 9, 4
+    h, x, v, a, _ = _system(dtype, n)
+    hp, xp, vp, ap, mask = _system(dtype, n, pad)
+    want = egnn_jax.fastegnn.apply(params, CONFIG, h, x, v=v, edge_attr=a)
+    if sparse:
+        e_ref = egnn_jax.shortest_edges(x, 0.5)
+        # The same real edges, then filler edges between padding nodes, masked out.
+        filler = jnp.array([n, n + 1, n + 2], jnp.int32)
+        e = e_ref._replace(
+            senders=jnp.concatenate([e_ref.senders, filler]),
+            receivers=jnp.concatenate([e_ref.receivers, filler[::-1]]),
+            edge_mask=jnp.concatenate([e_ref.edge_mask, jnp.zeros(3, bool)]),
+        )
+        want = egnn_jax.fastegnn.apply(
+            params,
+            CONFIG,
+            h,
+            x,
+            v=v,
+            edge_attr=a[e_ref.receivers, e_ref.senders],
+            senders=e_ref.senders,
+            receivers=e_ref.receivers,
+        )
+        got = egnn_jax.fastegnn.apply(
+            params,
+            CONFIG,
+            hp,
+            xp,
+            v=vp,
+            edge_attr=ap[e.receivers, e.senders],
+            node_mask=mask,
+            senders=e.senders,
+            receivers=e.receivers,
+            edge_mask=e.edge_mask,
+        )
+    else:
+        got = egnn_jax.fastegnn.apply(params, CONFIG, hp, xp, v=vp, edge_attr=ap, node_mask=mask)
+    np.testing.assert_allclose(got.x[:n], want.x, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got.h[:n], want.h, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got.virtual_x, want.virtual_x, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got.virtual_h, want.virtual_h, rtol=1e-10, atol=1e-12)
+
+
+def _reference_layer(p, h, x, v, a, z, s, silu=lambda t: t / (1 + np.exp(-t))):
+    """The reference `E_GCL_vel.forward` (GLAD-RUC/FastEGNN `models/FastEGNN.py`) for one graph,
+    written with its concatenations and per-edge MLPs in float64 NumPy (complete graph)."""
+    lin = lambda name, t: (
+        t @ np.asarray(p[name]["kernel"])
+        + (np.asarray(p[name]["bias"]) if "bias" in p[name] else 0.0)
+    )
+    m_count, c = x.shape[0], z.shape[0]
+    row, col = np.nonzero(~np.eye(m_count, dtype=bool))  # row: receiver i, col: sender j
+    coord_diff = x[row] - x[col]
+    radial = np.sum(coord_diff**2, 1, keepdims=True)
+    edge = silu(
+        lin(
+            "edge_out",
+            silu(lin("edge_in", np.concatenate([h[row], h[col], radial, a[row, col]], 1))),
+        )
+    )
+    vdiff = z[None, :, :] - x[:, None, :]  # [M, C, 3]: (X - x)
+    vradial = np.linalg.norm(vdiff, axis=-1, keepdims=True)  # [M, C, 1]
+    m_x = (z - x.mean(0)) @ (z - x.mean(0)).T  # [C, C]
+    vin = np.concatenate(
+        [
+            np.repeat(h[:, None], c, 1),
+            np.repeat(s[None], m_count, 0),
+            vradial,
+            np.repeat(m_x[None], m_count, 0),
+        ],
+        -1,
+    )
+    vedge = silu(lin("virtual_edge_out", silu(lin("virtual_edge_in", vin))))  # [M, C, H]
+    coord_mlp = lambda name, t: (
+        silu(lin(f"{name}_hidden", t)) @ np.asarray(p[f"{name}_out"]["kernel"])
+    )
+    trans = coord_diff * coord_mlp("coord", edge)
+    agg = np.zeros_like(x)
+    np.add.at(agg, row, trans)
+    x_new = x + agg / (m_count - 1)
+    x_new = x_new + np.mean(-vdiff * coord_mlp("virtual_coord", vedge), axis=1)
+    x_new = x_new + lin("vel_out", silu(lin("vel_hidden", h))) * v
+    z_new = z + np.mean(vdiff * coord_mlp("virtual_position", vedge), axis=0)
+    msg = np.zeros((m_count, edge.shape[1]))
+    np.add.at(msg, row, edge)
+    msg = msg / (m_count - 1)
+    node_in = np.concatenate([h, msg, vedge.reshape(m_count, -1)], 1)
+    h_new = h + lin("node_out", silu(lin("node_hidden", node_in)))
+    s_new = s + lin(
+        "virtual_node_out", silu(lin("virtual_node_hidden", np.concatenate([s, vedge.mean(0)], 1)))
+    )
+    return h_new, x_new, s_new, z_new
+
+
+def test_matches_a_transcription_of_the_reference_equations():
+    dtype = jnp.float64
+    params = _params(dtype)
+    h, x, v, a, _ = _system(dtype)
+    tree = jax.tree.map(np.asarray, params["params"])
+    hn = np.asarray(h) @ tree["embedding"]["kernel"] + tree["embedding"]["bias"]
+    xn, vn, an = np.asarray(x), np.asarray(v), np.asarray(a)
+    z = np.repeat(xn.mean(0)[None], CONFIG.virtual_channels, 0)
+    s = tree["virtual_features"]
+    for i in range(CONFIG.num_layers):
+        hn, xn, s, z = _reference_layer(tree[f"layer_{i}"], hn, xn, vn, an, z, s)
+    out = egnn_jax.fastegnn.apply(params, CONFIG, h, x, v=v, edge_attr=a)
+    for got, want in ((out.h, hn), (out.x, xn), (out.virtual_h, s), (out.virtual_x, z)):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("box", [None, 6.0])
+def test_shortest_edges_match_a_brute_force_search(box):
+    rng = np.random.default_rng(0)
+    m = 23
+    x = rng.uniform(0, 6, (m, 3))
+    mask = np.arange(m) < 20
+    e = egnn_jax.shortest_edges(jnp.asarray(x), 0.3, node_mask=jnp.asarray(mask), box=box)
+    count = int(m * (m - 1) * 0.3)
+    assert e.senders.shape == (count,) and not bool(e.overflow)
+    d = x[:, None] - x[None]
+    if box is not None:
+        d = d - box * np.round(d / box)
+    d = np.linalg.norm(d, axis=-1)
+    real = mask[:, None] & mask[None] & ~np.eye(m, dtype=bool)
+    lengths = np.sort(d[real])
+    kept = np.asarray(e.edge_mask)
+    assert kept.sum() == min(count, real.sum())
+    r, s = np.asarray(e.receivers)[kept], np.asarray(e.senders)[kept]
+    assert mask[r].all() and mask[s].all() and (r != s).all()
+    assert len(set(zip(r, s, strict=True))) == kept.sum()
+    np.testing.assert_allclose(np.sort(d[r, s]), lengths[: kept.sum()])
+    assert (np.diff(r) >= 0).all()  # by receiver, for segment sums
+
+
+def test_shortest_edges_errors():
+    x = jnp.zeros((4, 3))
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="keep_fraction"):
+            egnn_jax.shortest_edges(x, bad)
+    with pytest.raises(ValueError, match="keeps no edge"):
+        egnn_jax.shortest_edges(x, 0.01)
+
+
+def _mmd_numpy(x, z, sigma):
+    k = lambda a, b: np.exp(-np.linalg.norm(a[:, None] - b[None], axis=-1) / (2 * sigma**2))
+    return k(z, z).mean() - 2 * k(x, z).mean()
+
+
+def test_mmd_loss_matches_the_reference_formula():
+    rng = np.random.default_rng(1)
+    x, z = rng.normal(size=(7, 3)), rng.normal(size=(3, 3))
+    got = egnn_jax.fastegnn.mmd_loss(
+        jax.random.key(0), jnp.asarray(x), jnp.asarray(z), num_samples=7
+    )
+    np.testing.assert_allclose(got, _mmd_numpy(x, z, 1.5), rtol=1e-12)
+    # Padding nodes are never drawn, even when fewer real nodes remain than samples.
+    mask = np.arange(7) < 4
+    x_far = np.where(mask[:, None], x, 1e3)
+    for seed in range(5):
+        got = egnn_jax.fastegnn.mmd_loss(
+            jax.random.key(seed), jnp.asarray(x_far), jnp.asarray(z), node_mask=jnp.asarray(mask)
+        )
+        np.testing.assert_allclose(got, _mmd_numpy(x[:4], z, 1.5), rtol=1e-12)
+    # A random draw of S < M nodes is one of the subsets, and the gradient is finite.
+    grad = jax.grad(
+        lambda z: egnn_jax.fastegnn.mmd_loss(jax.random.key(0), jnp.asarray(x), z, num_samples=3)
+    )(jnp.asarray(np.repeat(z[:1], 3, 0)))
+    assert np.isfinite(np.asarray(grad)).all()
+
+
+def test_training_spreads_virtual_nodes_with_mmd():
+    """One gradient step on the MMD alone pushes coincident virtual nodes apart."""
+    dtype = jnp.float32
+    params = _params(dtype)
+    h, x, v, a, _ = _system(dtype)
+
+    def loss(p):
+        out = egnn_jax.fastegnn.apply(p, CONFIG, h, x, v=v, edge_attr=a)
+        return egnn_jax.fastegnn.mmd_loss(jax.random.key(0), out.x, out.virtual_x, num_samples=9)
+
+    grads = jax.grad(loss)(params)
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+    norms = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(grads["params"]["layer_1"])]
+    assert max(norms) > 0
+
+
+def test_errors_name_the_problem():
+    dtype = jnp.float32
+    params = _params(dtype)
+    h, x, v, a, _ = _system(dtype)
+    with pytest.raises(TypeError, match="FastEGNNConfig"):
+        egnn_jax.fastegnn.apply(params, egnn_jax.EGNNConfig(), h, x, v=v, edge_attr=a)
+    other = dataclasses.replace(CONFIG, virtual_channels=4)
+    with pytest.raises(ValueError, match="virtual channels"):
+        egnn_jax.fastegnn.apply(params, other, h, x, v=v, edge_attr=a)
+    with pytest.raises(ValueError, match="layers"):
+        egnn_jax.fastegnn.apply(
+            params, dataclasses.replace(CONFIG, num_layers=3), h, x, v=v, edge_attr=a
+        )
+    with pytest.raises(ValueError, match="v .* is required"):
+        egnn_jax.fastegnn.apply(params, CONFIG, h, x, edge_attr=a)
+    with pytest.raises(ValueError, match="edge_mask is for sparse"):
+        egnn_jax.fastegnn.apply(params, CONFIG, h, x, v=v, edge_attr=a, edge_mask=jnp.ones(3, bool))
+    with pytest.raises(ValueError, match="node_mask"):
+        egnn_jax.fastegnn.apply(
+            params,
+            CONFIG,
+            h,
+            x,
+            v=v,
+            edge_attr=a[:2, 0],
+            senders=jnp.array([0, 1]),
+            receivers=jnp.array([1, 0]),
+            node_mask=jnp.ones(3, bool),
+        )
+    with pytest.raises(ValueError, match="empty graph"):
+        egnn_jax.fastegnn.apply(params, CONFIG, h[:0], x[:0], v=v[:0])
+    with pytest.raises(ValueError, match="virtual_channels"):
+        egnn_jax.FastEGNNConfig(virtual_channels=0)
+
+
+def test_vmap_and_jit_compose():
+    dtype = jnp.float32
+    params = _params(dtype)
+    h, x, v, a, _ = _system(dtype)
+    batch = jax.tree.map(lambda t: jnp.stack([t, t * 1.1]), (h, x, v, a))
+
+    @jax.jit
+    def predict(h, x, v, a):
+        e = egnn_jax.shortest_edges(x, 0.5)
+        return egnn_jax.fastegnn.apply(
+            params,
+            CONFIG,
+            h,
+            x,
+            v=v,
+            edge_attr=a[e.receivers, e.senders],
+            senders=e.senders,
+            receivers=e.receivers,
+            edge_mask=e.edge_mask,
+        ).x
+
+    got = jax.vmap(predict)(*batch)
+    np.testing.assert_allclose(got[0], predict(h, x, v, a), rtol=1e-5, atol=1e-6)
