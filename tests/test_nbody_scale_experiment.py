@@ -63,14 +63,17 @@ def test_config_and_published_table():
 
 def test_quick_run_trains_every_kind_and_reports_the_table(quick_run):
     workdir, metrics = quick_run
-    assert set(metrics["models"]) == {"linear", "rf", "egnn", "hegnn_l2"}
+    assert set(metrics["models"]) == {"linear", "rf", "egnn", "hegnn_l2", "fastegnn"}
     for name, row in metrics["models"].items():
         assert np.isfinite(row["test_mse"]), name
-        assert row["bodies"] == 5 and row["published_test_mse"] is not None
+        assert row["bodies"] == 5
+        assert (row["published_test_mse"] is None) == (name == "fastegnn")
     # Linear is fitted, not trained, and lands near the published 7.72e-2 even here.
     assert 0.04 < metrics["models"]["linear"]["test_mse"] < 0.15
     table = nbody_scale.EXPERIMENT.format_table(metrics)
-    assert "| HEGNN l≤2 |" in table and "published" in table
+    assert "| HEGNN l≤2 |" in table and "published" in table and "| FastEGNN" in table
+    spec = nbody_scale.EXPERIMENT.model_spec("fastegnn", nbody_scale.quick_config())
+    assert dict(spec.options) == {"keep_fraction": 0.5, "virtual_channels": 3}
 
 
 def test_export_then_evaluate_reproduces_the_test_scores(quick_run, tmp_path):
