@@ -7,6 +7,7 @@ checks run in a child process with ``--xla_force_host_platform_device_count=4``.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -155,3 +156,74 @@ def test_four_cpu_devices_train_like_one(tmp_path):
     assert a["best_step"] == b["best_step"]
     np.testing.assert_allclose(b["test_mse"], a["test_mse"], rtol=1e-3)
     assert a["fingerprint"] == b["fingerprint"]  # the device count is not part of a run
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
+    """Two local CPU processes joined by `jax.distributed` (one device each, gloo collectives)
+    train a whole experiment like one process with two devices: same fingerprints, same best
+    step, test MSE to float32 round-off; metrics.json records both processes."""
+    common = [
+        sys.executable,
+        "-m",
+        "egnn_jax.experiments.three_body",
+        "--quick",
+        "--models",
+        "egnn_vel",
+        "--iterations",
+        "100",
+        "--n-trajectories",
+        "200",
+        "--no-progress",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--devices",
+        "2",
+    ]
+    env = clean_env()
+    one_env = dict(env, XLA_FLAGS=env["XLA_FLAGS"] + " --xla_force_host_platform_device_count=2")
+    single = subprocess.run(
+        [*common, "--workdir", str(tmp_path / "one")],
+        env=one_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [
+                *common,
+                "--workdir",
+                str(tmp_path / "two"),
+                "--coordinator",
+                f"localhost:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two["devices"]["processes"] == 2 and two["devices"]["count"] == 2
+    assert one["devices"]["processes"] == 1 and one["devices"]["count"] == 2
+    a, b = one["models"]["egnn_vel"], two["models"]["egnn_vel"]
+    assert a["fingerprint"] == b["fingerprint"] and a["best_step"] == b["best_step"]
+    np.testing.assert_allclose(b["test_mse"], a["test_mse"], rtol=1e-3)

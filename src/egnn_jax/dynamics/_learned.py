@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from egnn_jax._api import apply, init
 from egnn_jax._config import EGNNConfig
@@ -73,10 +74,14 @@ def inverse_distance_features(scales: tuple[float, ...]) -> EdgeFn:
     Smooth and bounded at every separation, ~1/r far away: a basis in which force laws that
     span orders of magnitude over the distances in the data are easy to combine.
     """
-    s2 = jnp.asarray(scales, jnp.float32) ** 2
+    # NumPy, not jnp: building an edge_fn at import time must not start a JAX backend
+    # (`jax.distributed.initialize` has to come first in a multi-host run).
+    s2 = np.asarray(scales, np.float32) ** 2
 
     def edge_fn(x):
-        return jax.lax.rsqrt(_pairwise_d2(x)[..., None] + s2.astype(x.dtype).reshape(1, 1, -1))
+        return jax.lax.rsqrt(
+            _pairwise_d2(x)[..., None] + jnp.asarray(s2, x.dtype).reshape(1, 1, -1)
+        )
 
     return edge_fn
 

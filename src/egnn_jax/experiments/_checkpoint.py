@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 __all__ = [
@@ -242,7 +243,20 @@ def _manager(directory: Path, create: bool = True) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory, options=options)
 
 
+def _host_copy(leaf):
+    """A NumPy copy of one saved leaf. In a multi-host run every saved tree is replicated
+    (parameters, optimiser state), so each process holds it whole: its own replica is the
+    value, and Orbax writes host arrays from the primary process only."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        if not leaf.is_fully_replicated:
+            raise ValueError(f"cannot checkpoint a sharded array of shape {leaf.shape}")
+        leaf = leaf.addressable_data(0)
+    return np.asarray(leaf)
+
+
 def _save(manager: ocp.CheckpointManager, step: int, arrays: dict, meta: dict) -> None:
+    if jax.process_count() > 1:
+        arrays = jax.tree.map(_host_copy, arrays)
     args = ocp.args.Composite(arrays=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(meta))
     if not manager.save(step, args=args, force=True):
         raise RuntimeError(f"Orbax refused to save step {step} in {manager.directory}")

@@ -1,8 +1,9 @@
 """The command line every experiment shares: ``python -m egnn_jax.experiments.<name>``.
 
 Common flags: ``--quick --workdir --resume --overwrite --seed --train-seed --models
---data-dir --evaluate FILE.npz --table --no-progress --devices N``; an experiment adds its
-own through `Experiment.add_arguments`.
+--data-dir --evaluate FILE.npz --table --no-progress --devices N``, and for many hosts
+``--distributed`` or ``--coordinator HOST:PORT --num-processes P --process-id I``; an
+experiment adds its own through `Experiment.add_arguments`.
 
 Exit codes: 0 success; 1 an error the message explains (a run already in the workdir, a
 fingerprint mismatch, a bad ``--evaluate`` file, divergence, ...), printed as one line
@@ -86,8 +87,43 @@ def build_parser(experiment: Experiment) -> argparse.ArgumentParser:
         help="train data-parallel over N devices (batch split, parameters replicated; "
         "the batch size must be a multiple of N); default: one device",
     )
+    cluster = parser.add_argument_group(
+        "many hosts",
+        "one process per host (or per GPU) joins JAX's distributed runtime before anything "
+        "runs; --devices then counts the devices of every process",
+    )
+    cluster.add_argument(
+        "--distributed",
+        action="store_true",
+        help="jax.distributed.initialize() with the cluster's own settings (SLURM, ...)",
+    )
+    cluster.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    cluster.add_argument("--num-processes", type=int, metavar="P", help="processes in all")
+    cluster.add_argument("--process-id", type=int, metavar="I", help="this process, 0 ... P-1")
     experiment.add_arguments(parser)
     return parser
+
+
+def _start_distributed(args, parser: argparse.ArgumentParser) -> None:
+    """Join JAX's distributed runtime when asked (before any JAX computation)."""
+    explicit = (args.coordinator, args.num_processes, args.process_id)
+    if not args.distributed and all(a is None for a in explicit):
+        return
+    if not args.distributed and any(a is None for a in explicit):
+        parser.error("--coordinator, --num-processes and --process-id go together")
+    start_distributed(*explicit)
+
+
+def start_distributed(coordinator=None, num_processes=None, process_id=None) -> None:
+    """`jax.distributed.initialize` (arguments None: detected from the cluster, e.g. SLURM).
+
+    On CPUs, cross-process collectives need an implementation: gloo, which jaxlib ships.
+    """
+    import jax
+
+    if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
 
 
 def _config(experiment: Experiment, args, parser: argparse.ArgumentParser):
@@ -117,6 +153,7 @@ def cli_main(experiment: Experiment, argv: Sequence[str] | None = None) -> int:
     """Parse `argv`, run the experiment (or ``--evaluate``, ``--table``); the exit code."""
     parser = build_parser(experiment)
     args = parser.parse_args(argv)
+    _start_distributed(args, parser)
     if args.workdir is None:
         args.workdir = experiment.default_workdir_for(args)
     interrupt_on_signals()

@@ -185,7 +185,9 @@ def train_and_evaluate(
 
     # Side by side, one thread each: small networks leave CPU cores idle one after another.
     t = time.perf_counter()
-    trained = train_concurrently(runs)
+    # Several processes: one model at a time, so that every process launches the same
+    # cross-process collectives in the same order.
+    trained = train_concurrently(runs, max_workers=1 if jax.process_count() > 1 else None)
     wall["train_all_networks"] = time.perf_counter() - t
     for name, res in trained.items():
         params_of[name] = res.params

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from ._checkpoint import (
@@ -345,11 +346,15 @@ def train(
     if workdir is not None:
         latest, best = latest_dir(workdir, name), best_dir(workdir, name)
         if overwrite:
-            remove_run(workdir, name)
+            if jax.process_index() == 0:
+                remove_run(workdir, name)
         elif not resume and (latest.exists() or best.exists()):
             raise RunExistsError(
                 f"run {name!r} already exists in {Path(workdir)}: resume it or overwrite it"
             )
+        if jax.process_count() > 1:
+            # Every process has looked at (or cleared) the shared workdir before any writes.
+            multihost_utils.sync_global_devices(f"egnn_jax run {name} checked")
         ckpt = RunCheckpoint(latest)
         if resume and ckpt.step() is not None:
             meta = ckpt.meta()

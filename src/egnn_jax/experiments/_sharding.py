@@ -59,8 +59,23 @@ class DataParallel(NamedTuple):
         }
 
     def put(self, tree):
-        """`tree` replicated on every device of the mesh."""
-        return jax.device_put(tree, self.replicated)
+        """`tree` replicated on every device of the mesh.
+
+        With several processes (hosts), each passes its own copy, loaded on that host: the
+        global array is assembled from the processes' local data
+        (`jax.make_array_from_process_local_data`), nothing is sent between hosts.
+        """
+        if jax.process_count() == 1:
+            return jax.device_put(tree, self.replicated)
+
+        def put_leaf(leaf):
+            if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+                impl = jax.random.key_impl(leaf)
+                data = put_leaf(jax.random.key_data(leaf))
+                return jax.random.wrap_key_data(data, impl=impl)
+            return jax.make_array_from_process_local_data(self.replicated, np.asarray(leaf))
+
+        return jax.tree.map(put_leaf, tree)
 
 
 def data_parallel(num_devices: int) -> DataParallel:
@@ -73,6 +88,11 @@ def data_parallel(num_devices: int) -> DataParallel:
     if isinstance(num_devices, bool) or not isinstance(num_devices, int | np.integer):
         raise ValueError(f"devices must be a positive int, got {num_devices!r}")
     available = jax.device_count()
+    if jax.process_count() > 1 and num_devices != available:
+        raise ValueError(
+            f"devices={num_devices}, but with {jax.process_count()} processes every one of "
+            f"the {available} devices takes part: pass --devices {available}"
+        )
     if not 1 <= num_devices <= available:
         raise ValueError(
             f"devices={num_devices}, but {available} {jax.default_backend()} device(s) are "
