@@ -9,6 +9,9 @@ squares of both outputs; one case is `jax.value_and_grad` of it, jitted.
 Cases, timed round-robin in one process at each size (`_common.time_interleaved`):
 - ``jax``: `egnn_jax.apply` on the edge list;
 - ``jax_remat``: the same with `EGNNConfig(remat=True)` (each layer recomputed backward);
+- ``fastegnn``: `egnn_jax.fastegnn.apply` (3 virtual nodes, same width and depth) on the
+  same edge list; FastEGNN takes no periodic box, so its relative vectors are plain
+  differences (one elementwise op per edge less than the EGNN cases);
 - ``torch_reference``: the authors' PyTorch `EGNN` of `models/egnn_clean/egnn_clean.py`
   (github.com/vgsatorras/egnn), loaded from ``--reference FILE`` (not shipped here), with
   the same edge list as ``edge_index = [receivers, senders]``, forward and ``backward()``.
@@ -29,6 +32,7 @@ for the backward pass).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import math
@@ -116,7 +120,28 @@ def torch_case(x, senders, receivers, reference: Path):
     return run, {}
 
 
+def fastegnn_case(x, senders, receivers):
+    config = egnn_jax.FastEGNNConfig(HIDDEN, LAYERS, virtual_channels=3, velocity=False)
+    config = dataclasses.replace(config, out_features=1)
+    h = jnp.ones((x.shape[0], 1), jnp.float32)
+    x = jnp.asarray(x)
+    s, r = jnp.asarray(senders), jnp.asarray(receivers)
+    params = egnn_jax.fastegnn.init(jax.random.key(0), config, h, x, senders=s, receivers=r)
+
+    def loss(p, h, x, s, r):
+        out = egnn_jax.fastegnn.apply(p, config, h, x, senders=s, receivers=r)
+        return jnp.sum(out.h**2) + jnp.sum(out.x**2)
+
+    args = (params, h, x, s, r)
+    compiled = jax.jit(jax.value_and_grad(loss)).lower(*args).compile()
+    memory = compiled.memory_analysis()
+    stats = {"xla_temp_bytes": int(memory.temp_size_in_bytes)}
+    return (lambda: jax.block_until_ready(compiled(*args))), stats
+
+
 def make_case(name, x, side, senders, receivers, reference):
+    if name == "fastegnn":
+        return fastegnn_case(x, senders, receivers)
     if name == "jax":
         return jax_case(x, side, senders, receivers, remat=False)
     if name == "jax_remat":
@@ -182,6 +207,15 @@ def main(argv=None):
         help="largest graph to run JAX without remat on (10000); above, only its compiled "
         "memory is reported",
     )
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=["jax", "jax_remat", "torch_reference"],
+        help="which cases (jax, jax_remat, fastegnn, torch_reference); jax_remat always runs",
+    )
+    parser.add_argument(
+        "--output", default="scale", help="benchmarks/results/<OUTPUT>.json (scale)"
+    )
     parser.add_argument("--memory-timeout", type=int, default=1800, help="s per child")
     parser.add_argument("--child", nargs=2, metavar=("CASE", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -202,9 +236,11 @@ def main(argv=None):
     for n in args.sizes:
         x, side, senders, receivers, graph_seconds = fluid(n)
         names = ["jax_remat"]
-        if n <= args.plain_max_nodes:
+        if n <= args.plain_max_nodes and "jax" in args.cases:
             names.insert(0, "jax")
-        if torch_ok and n <= args.torch_max_nodes:
+        if n <= args.plain_max_nodes and "fastegnn" in args.cases:
+            names.append("fastegnn")
+        if torch_ok and n <= args.torch_max_nodes and "torch_reference" in args.cases:
             names.append("torch_reference")
         cases, stats = {}, {}
         for name in names:
@@ -231,6 +267,8 @@ def main(argv=None):
             row["jax_over_torch"] = (
                 timing["jax"]["median_ms"] / timing["torch_reference"]["median_ms"]
             )
+        if "fastegnn" in timing and "jax" in timing:
+            row["fastegnn_over_jax"] = timing["fastegnn"]["median_ms"] / timing["jax"]["median_ms"]
         if "jax" in timing:
             row["remat_over_plain_time"] = (
                 timing["jax_remat"]["median_ms"] / timing["jax"]["median_ms"]
@@ -261,7 +299,7 @@ def main(argv=None):
         "100,000 nodes trains on a 24 GiB machine",
         **machine(),
     }
-    path = write_json("scale", payload)
+    path = write_json(args.output, payload)
     print(f"device: {payload['device']}; wrote {path}")
 
 
