@@ -34,16 +34,34 @@ def _validate(
         if box.shape not in ((), (x.shape[1],)):
             raise ValueError(f"box must be a scalar or have shape ({x.shape[1]},), got {box.shape}")
         graph = graph._replace(box=box)
-    if edge_mask is not None:
-        if senders is None:
-            raise ValueError("edge_mask is for sparse graphs (senders, receivers)")
-        if edge_mask.shape != senders.shape or edge_mask.dtype != jnp.bool_:
-            raise ValueError(
-                f"edge_mask must be bool of shape {senders.shape}, got {_shape(edge_mask)} "
-                f"dtype {edge_mask.dtype}"
-            )
-        graph = graph._replace(edge_mask=edge_mask)
-    return graph
+    return _with_edge_mask(graph, edge_mask)
+
+
+def _with_edge_mask(graph, edge_mask):
+    """`graph` with the checked `edge_mask` (sparse graphs only); unchanged for None."""
+    if edge_mask is None:
+        return graph
+    if not isinstance(graph, SparseGraph):
+        raise ValueError("edge_mask is for sparse graphs (senders, receivers)")
+    senders = graph.senders
+    if edge_mask.shape != senders.shape or edge_mask.dtype != jnp.bool_:
+        raise ValueError(
+            f"edge_mask must be bool of shape {senders.shape}, got {_shape(edge_mask)} "
+            f"dtype {edge_mask.dtype}"
+        )
+    return graph._replace(edge_mask=edge_mask)
+
+
+def _checked_node_mask(node_mask, num_nodes: int):
+    """The checked `[num_nodes]` bool node mask; None means every node is real."""
+    if node_mask is None:
+        return jnp.ones((num_nodes,), dtype=bool)
+    if node_mask.shape != (num_nodes,) or node_mask.dtype != jnp.bool_:
+        raise ValueError(
+            f"node_mask must be bool of shape ({num_nodes},), "
+            f"got shape {_shape(node_mask)} dtype {node_mask.dtype}"
+        )
+    return node_mask
 
 
 def _validate_graph(
@@ -99,13 +117,7 @@ def _validate_graph(
             f"and receivers {_shape(receivers)}"
         )
     if senders is None:
-        if node_mask is None:
-            node_mask = jnp.ones((num_nodes,), dtype=bool)
-        if node_mask.shape != (num_nodes,) or node_mask.dtype != jnp.bool_:
-            raise ValueError(
-                f"node_mask must be bool of shape ({num_nodes},), "
-                f"got shape {_shape(node_mask)} dtype {node_mask.dtype}"
-            )
+        node_mask = _checked_node_mask(node_mask, num_nodes)
         if edge_attr is not None and (
             edge_attr.ndim != 3 or edge_attr.shape[:2] != (num_nodes, num_nodes)
         ):

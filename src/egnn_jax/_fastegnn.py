@@ -131,9 +131,10 @@ class FastEGCL(nn.Module):
         # Coordinates of the real nodes.
         if cfg.normalize:
             diff = diff / (jax.lax.stop_gradient(_safe_norm(d2))[..., None] + 1e-8)
+        inv_degree = graph.inv_degree(dtype)[:, None]  # both mean aggregations use it
         shift = graph.aggregate(diff * coord_mlp(m, "coord"))
         if cfg.coords_agg == "mean":
-            shift = shift * graph.inv_degree(dtype)[:, None]
+            shift = shift * inv_degree
         pull = jnp.mean(-to_virtual * coord_mlp(mv, "virtual_coord"), axis=1)  # [M, n]
         x_new = x + shift + pull
         if cfg.velocity:
@@ -148,7 +149,7 @@ class FastEGCL(nn.Module):
         )
 
         # Features: real nodes see the mean real message and every virtual message in order.
-        m_i = graph.aggregate(m) * graph.inv_degree(dtype)[:, None]
+        m_i = graph.aggregate(m) * inv_degree
         node_in = jnp.concatenate([h, m_i, mv.reshape(mv.shape[0], c * width)], axis=-1)
         out = _linear(width, node_in.shape[-1], dtype, "node_hidden")(node_in)
         out = _linear(f, width, dtype, "node_out")(act(out))

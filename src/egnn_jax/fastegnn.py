@@ -21,9 +21,15 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 
-from ._api import _check_indices_if_concrete, _checked_indices, _shape, _validate_graph
+from ._api import (
+    _check_indices_if_concrete,
+    _checked_indices,
+    _checked_node_mask,
+    _validate_graph,
+    _with_edge_mask,
+)
+from ._api import _check_params as _api_check_params
 from ._config import FastEGNNConfig
 from ._fastegnn import FastEGCL, FastEGNN, FastEGNNOutput, mmd_loss
 from ._graph import DenseGraph
@@ -55,39 +61,21 @@ def _validate(config, h, x, v, edge_attr, node_mask, senders, receivers, edge_ma
         velocity=config.velocity,
         config_name="FastEGNNConfig",
     )
-    n = h.shape[0]
+    graph = _with_edge_mask(graph, edge_mask)
     if isinstance(graph, DenseGraph):
-        if edge_mask is not None:
-            raise ValueError("edge_mask is for sparse graphs (senders, receivers)")
         return graph, graph.node_mask
-    if edge_mask is not None:
-        if edge_mask.shape != senders.shape or edge_mask.dtype != jnp.bool_:
-            raise ValueError(
-                f"edge_mask must be bool of shape {senders.shape}, got {_shape(edge_mask)} "
-                f"dtype {edge_mask.dtype}"
-            )
-        graph = graph._replace(edge_mask=edge_mask)
-    if node_mask is None:
-        node_mask = jnp.ones((n,), bool)
-    elif node_mask.shape != (n,) or node_mask.dtype != jnp.bool_:
-        raise ValueError(
-            f"node_mask must be bool of shape ({n},), got {_shape(node_mask)} "
-            f"dtype {node_mask.dtype}"
-        )
-    return graph, node_mask
+    # The virtual nodes talk to every node, so a sparse graph's padding needs a mask too.
+    return graph, _checked_node_mask(node_mask, h.shape[0])
 
 
 def _check_params(params, config: FastEGNNConfig, h, edge_attr):
     """Clear errors when params were initialised for other widths, depths or channels."""
+    _api_check_params(params, h, edge_attr, init_name="egnn_jax.fastegnn.init")
+    tree = params["params"]
     try:
-        tree = params["params"]
-        embed = tree["embedding"]["kernel"]
         virtual = tree["virtual_features"]
-        edge_in = tree["layer_0"]["edge_in"]["kernel"]
-    except (KeyError, TypeError) as err:
+    except KeyError as err:
         raise ValueError("params is not a tree returned by egnn_jax.fastegnn.init") from err
-    if embed.shape[0] != h.shape[1]:
-        raise ValueError(f"params expect h with {embed.shape[0]} features, got h {_shape(h)}")
     if virtual.shape != (config.virtual_channels, config.hidden_features):
         raise ValueError(
             f"params have {virtual.shape[0]} virtual channels of width {virtual.shape[1]}, but "
@@ -98,19 +86,11 @@ def _check_params(params, config: FastEGNNConfig, h, edge_attr):
         raise ValueError(
             f"params have {layers} layers, but config.num_layers is {config.num_layers}"
         )
-    attr = edge_in.shape[0] - 2 * embed.shape[1] - 1
-    got = 0 if edge_attr is None else edge_attr.shape[-1]
-    if attr != got:
-        raise ValueError(
-            f"params expect edge_attr of width {attr}, got edge_attr {_shape(edge_attr)}"
-        )
     if ("vel_out" in tree["layer_0"]) != config.velocity:
         raise ValueError(
             f"params were initialised with velocity={not config.velocity}, but "
             f"config.velocity is {config.velocity}"
         )
-    if embed.dtype != h.dtype:
-        raise ValueError(f"params have dtype {embed.dtype} but the inputs {h.dtype}")
 
 
 @functools.partial(jax.jit, static_argnames="config")

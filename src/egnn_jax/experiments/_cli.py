@@ -117,12 +117,12 @@ def _start_distributed(args, parser: argparse.ArgumentParser) -> None:
 def start_distributed(coordinator=None, num_processes=None, process_id=None) -> None:
     """`jax.distributed.initialize` (arguments None: detected from the cluster, e.g. SLURM).
 
-    On CPUs, cross-process collectives need an implementation: gloo, which jaxlib ships.
+    On CPUs, cross-process collectives need an implementation: gloo, which jaxlib ships
+    (the setting concerns the CPU backend only, so it is harmless on GPU hosts).
     """
     import jax
 
-    if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator, num_processes, process_id)
 
 
