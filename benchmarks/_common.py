@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import datetime
 import os
 import platform
@@ -41,6 +43,32 @@ def time_interleaved(cases: dict, repeats: int, warmup: int = 3) -> dict:
         }
         for name, ts in samples.items()
     }
+
+
+# glibc `mallopt` parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def retain_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of returning it to the OS.
+
+    XLA:CPU allocates a program's temporaries as one buffer per call (GiBs for a large graph's
+    backward pass), and glibc serves such a request with a fresh `mmap`, unmapped again on
+    free: every call then page-faults and zeroes all of it. With `mmap` off and no trimming
+    the buffer is reused from the heap. Process-wide and irreversible (resident memory
+    stays at its peak), hence only on request; the environment variables
+    `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>` do the same for any program.
+    Returns False where the C library is not glibc.
+    """
+    path = ctypes.util.find_library("c")
+    if path is None:
+        return False
+    libc = ctypes.CDLL(path)
+    if not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
+        return False
+    ok = libc.mallopt(_M_MMAP_MAX, 0) == 1
+    ok &= libc.mallopt(_M_TRIM_THRESHOLD, -1) == 1  # -1: never trim (mallopt(3))
+    return bool(ok)
 
 
 def machine() -> dict:

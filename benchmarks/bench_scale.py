@@ -46,7 +46,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import machine, time_interleaved, write_json
+from _common import machine, retain_freed_memory, time_interleaved, write_json
 
 import egnn_jax
 
@@ -174,8 +174,8 @@ def measure_memory(name, graph_file: Path, reference) -> dict:
     return {"peak_rss_mib": peak_rss_mib(), "rss_before_model_mib": before, **stats}
 
 
-def memory_in_child(name, graph_file, reference, timeout) -> dict:
-    cmd = [sys.executable, __file__, "--child", name, str(graph_file)]
+def memory_in_child(name, graph_file, reference, timeout, malloc) -> dict:
+    cmd = [sys.executable, __file__, "--child", name, str(graph_file), "--malloc", malloc]
     if reference is not None:
         cmd += ["--reference", str(reference)]
     try:
@@ -216,9 +216,18 @@ def main(argv=None):
     parser.add_argument(
         "--output", default="scale", help="benchmarks/results/<OUTPUT>.json (scale)"
     )
+    parser.add_argument(
+        "--malloc",
+        choices=["system", "retain"],
+        default="system",
+        help="system: glibc's defaults; retain: keep freed memory for reuse "
+        "(_common.retain_freed_memory; set for every case, children included)",
+    )
     parser.add_argument("--memory-timeout", type=int, default=1800, help="s per child")
     parser.add_argument("--child", nargs=2, metavar=("CASE", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.malloc == "retain" and not retain_freed_memory():
+        parser.error("--malloc retain needs glibc")
 
     if args.child:
         name, graph_file = args.child[0], Path(args.child[1])
@@ -261,7 +270,9 @@ def main(argv=None):
             graph_file = Path(tmp) / "graph.npz"
             np.savez(graph_file, x=x, side=side, senders=senders, receivers=receivers)
             for name in names:
-                memory = memory_in_child(name, graph_file, args.reference, args.memory_timeout)
+                memory = memory_in_child(
+                    name, graph_file, args.reference, args.memory_timeout, args.malloc
+                )
                 row["cases"][name] = timing[name] | stats[name] | memory
         if "torch_reference" in timing:
             row["jax_over_torch"] = (
@@ -292,6 +303,7 @@ def main(argv=None):
             "model": f"EGNN {LAYERS} layers, hidden {HIDDEN}, 1 in / 1 out feature, float32",
             "step": "value_and_grad of sum(h_out^2) + sum(x_out^2)",
             "reference": None if args.reference is None else args.reference.name,
+            "malloc": args.malloc,
             **torch_info,
         },
         "results": results,

@@ -31,6 +31,10 @@ FastEGNN (Zhang et al., ICML 2024; C virtual nodes beside a reduced graph) likew
 Large or periodic systems: `egnn_jax.radius_graph(x, cutoff, capacity=E, box=L)` gives an edge
 list for `egnn_jax.apply(..., senders=, receivers=, edge_mask=, box=L)`.
 
+One graph too large for a device: `egnn_jax.shard_edges(mesh, senders, receivers)` splits its
+edge list over a `jax.sharding.Mesh` (nodes replicated, node sums all-reduced) for the same
+`egnn_jax.apply`.
+
 Graphs of different sizes (a data set of molecules): `egnn_jax.pack_graphs(graphs,
 max_nodes=, max_edges=, max_graphs=)` packs them into one padded edge list of fixed shapes
 (`egnn_jax.packed_batches` cuts a data set into such batches).
@@ -53,6 +57,8 @@ from ._config import EGHNConfig as EGHNConfig
 from ._config import EGNNConfig as EGNNConfig
 from ._config import FastEGNNConfig as FastEGNNConfig
 from ._config import HEGNNConfig as HEGNNConfig
+from ._edge_sharding import ShardedEdges as ShardedEdges
+from ._edge_sharding import shard_edges as shard_edges
 from ._egcl import EGCL as EGCL
 from ._egcl import EGNN as EGNN
 from ._graph import DenseGraph as DenseGraph

@@ -196,7 +196,11 @@ def _checked_indices(graph, api_name: str = "egnn_jax.apply"):
     checked = []
     for name, a in (("senders", graph.senders), ("receivers", graph.receivers)):
         bad = jnp.any((a < 0) | (a >= n))
-        checked.append(eqx.error_if(a, bad, f"{api_name}: {name} index out of range [0, {n})"))
+        # The check runs on the scalar, not on the `[E]` array: an edge list sharded over
+        # devices would otherwise be gathered onto one device for it. The select keeps the
+        # check alive (it is never taken: the error fires first).
+        bad = eqx.error_if(bad, bad, f"{api_name}: {name} index out of range [0, {n})")
+        checked.append(jnp.where(bad, jnp.zeros_like(a), a))
     return graph._replace(senders=checked[0], receivers=checked[1])
 
 
