@@ -83,6 +83,9 @@ def test_config_and_published_table():
         for sizes in complex_sizes(ComplexesConfig(n_complexes=10, avg_size=10, seed=43))
     )
     assert options == {"cut_weight": 1.0, "num_clusters": 3}
+    bounded = dict(complexes.EXPERIMENT.model_spec("eghn_bounded", cfg).options)
+    assert bounded.pop("logit_bound") == complexes.ASSIGNMENT_LOGIT_BOUND
+    assert bounded.pop("local_capacity") and bounded == options
     # E-Pool's edge budget changes speed only: it stays out of the runs' fingerprints.
     assert spec.to_dict()["options"] == options
     with pytest.raises(ValueError, match="avg_size"):
@@ -94,10 +97,17 @@ def test_quick_run_trains_every_model_and_draws_the_clusters(quick_run):
     assert set(metrics["models"]) == set(complexes.MODEL_NAMES)
     for name, row in metrics["models"].items():
         assert np.isfinite(row["test_mse"]), name
-        assert row["column"] == [3, 3] and row["published_test_mse"] is not None
+        assert row["column"] == [3, 3]
+        assert (row["published_test_mse"] is None) == (name == "eghn_bounded"), name
+    for name in ("eghn", "eghn_bounded"):  # how many clusters the pooling uses, per system
+        usage = metrics["models"][name]["clusters"]
+        assert 1 <= usage["mean_clusters_used"] <= 3 and 0 <= usage["share_using_all"] <= 1
+        assert usage["systems"] == 20
+    assert "clusters" not in metrics["models"]["egnn"]
     # Linear is fitted, not trained, and lands near the published 35.15e-2 even here.
     assert 0.2 < metrics["models"]["linear"]["test_mse"] < 0.6
     assert (workdir / "clusters.png").stat().st_size > 10_000
+    assert (workdir / "clusters_bounded.png").stat().st_size > 10_000
     table = complexes.EXPERIMENT.format_table(metrics)
     assert "| EGHN |" in table and "(3, 3)" in table
 

@@ -92,7 +92,10 @@ def test_whole_rollouts_are_equivariant(name):
         )
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize(
+    "name",  # the potential (16 s) runs in `make test-slow`
+    [pytest.param(n, marks=pytest.mark.slow) if n == "potential" else n for n in sorted(MODELS)],
+)
 def test_jit_vmap_grad_and_checkpoint_agree(name):
     init_fn, traj_fn = MODELS[name]
     batch = jax.vmap(lambda k: _state(k))(jax.random.split(jax.random.key(0), 5))

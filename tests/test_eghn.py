@@ -135,6 +135,31 @@ def test_cut_loss_is_zero_exactly_when_clusters_keep_the_local_edges():
     assert float(egnn_jax.eghn.cut_loss(uniform, adj)) == pytest.approx(expected, rel=1e-5)
 
 
+def test_logit_bound_keeps_the_assignment_off_saturation():
+    """With saturating weights the reference's softmax reaches exact 0/1 (no gradient to S);
+    `logit_bound=b` keeps every entry above exp(-2b) / K and the cut loss's gradient alive."""
+    h, x, v, attr, adj, mask = _system(jnp.float32)
+    bounded = dataclasses.replace(SMALL, logit_bound=2.0)
+    params = egnn_jax.eghn.init(jax.random.key(1), bounded, h, x, v, attr, local_adjacency=adj)
+    big = jax.tree_util.tree_map_with_path(
+        lambda path, p: 1e3 * p if "assign_out" in jax.tree_util.keystr(path) else p, params
+    )
+
+    def assignment(p, config):
+        out = egnn_jax.eghn.apply(p, config, h, x, v, attr, local_adjacency=adj)
+        return out.assignment
+
+    floor = np.exp(-2 * 2.0) / 3
+    assert float(jnp.min(assignment(big, bounded))) >= floor * (1 - 1e-5)
+    reference = dataclasses.replace(SMALL, logit_bound=None)
+    assert float(jnp.min(assignment(big, reference))) < 1e-12
+    cut = lambda p: egnn_jax.eghn.cut_loss(assignment(p, bounded), adj)  # noqa: E731
+    grad = jax.grad(cut)(big)["params"]
+    assert any(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(grad))
+    with pytest.raises(ValueError, match="logit_bound"):
+        dataclasses.replace(SMALL, logit_bound=0.0)
+
+
 def test_gradients_are_finite_and_reach_every_parameter():
     h, x, v, attr, adj, mask = _system(jnp.float32, pad=2)
     params = egnn_jax.eghn.init(

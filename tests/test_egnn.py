@@ -398,7 +398,10 @@ def test_readme_example_runs():
     exec(compile(example[0], "README.md", "exec"), {})
 
 
-@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize(
+    "sparse",
+    [pytest.param(False, marks=pytest.mark.slow), True],  # dense: 14 s
+)
 def test_rematerialised_layers_compute_the_same_values_and_gradients(sparse):
     """`EGNNConfig(remat=True)` recomputes each layer in the backward pass: same numbers."""
     with jax.enable_x64(True):

@@ -174,6 +174,7 @@ def test_charged_system_quick(tmp_path, data_dir):
     assert "| model | trajectory MSE (frames 31-40) |" in rollout.EXPERIMENT.format_table(metrics)
 
 
+@pytest.mark.slow  # over 10 s; `make test-slow`
 def test_charged_training_windows_can_come_from_more_frames(data_dir):
     cfg = dataclasses.replace(
         rollout.quick_config("charged"),
@@ -252,7 +253,10 @@ def test_pushforward_stops_gradients_between_steps():
         )
 
 
-@pytest.mark.parametrize("pushforward", [False, True])
+@pytest.mark.parametrize(
+    "pushforward",
+    [pytest.param(False, marks=pytest.mark.slow), True],  # False: 16 s
+)
 def test_steps_the_curriculum_does_not_count_cannot_poison_the_loss(pushforward):
     """Early in training only the first of K steps counts; the later ones may run away
     (here: a step model with absurd weights, whose free rollout is not finite). Loss and

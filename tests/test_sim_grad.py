@@ -37,7 +37,10 @@ def _three_body_loss(method):
     return jax.jit(loss)
 
 
-@pytest.mark.parametrize("method,rtol", [("yoshida6", 1e-6), ("dopri8", 1e-5)])
+@pytest.mark.parametrize(
+    "method,rtol",
+    [pytest.param("yoshida6", 1e-6, marks=pytest.mark.slow), ("dopri8", 1e-5)],  # slow: 14 s
+)
 def test_three_body_grad_matches_finite_differences(method, rtol):
     with jax.enable_x64(True):
         loss = _three_body_loss(method)
@@ -81,6 +84,7 @@ def test_charged_grad_matches_finite_differences():
         assert np.max(np.abs(np.asarray(grads[2]))) > 1e-6  # charges matter
 
 
+@pytest.mark.slow  # over 10 s; `make test-slow`
 def test_recover_masses_example():
     path = Path(__file__).resolve().parents[1] / "examples" / "recover_masses.py"
     spec = importlib.util.spec_from_file_location("recover_masses", path)

@@ -115,6 +115,7 @@ def test_same_key_identical_and_seed_changes(small_dataset):
     assert not np.allclose(other.x[:, 0], small_dataset.x[:, 0])
 
 
+@pytest.mark.slow  # over 10 s; `make test-slow`
 def test_inaccurate_trajectories_refined_not_kept():
     # A tolerance far below what the base step achieves forces per-trajectory refinement.
     cfg = ThreeBodyConfig(n_trajectories=16, n_saved=100, energy_tol=1e-9)
@@ -148,6 +149,7 @@ def test_trajectory_defaults_reproduce_the_dataset(small_dataset):
     np.testing.assert_allclose(np.asarray(v)[plain], ds.v[plain], rtol=0, atol=2e-5)
 
 
+@pytest.mark.slow  # over 10 s; `make test-slow`
 def test_rejected_trajectories_are_redrawn_and_counted():
     # Refinement by a factor 1 cannot help, so every inaccurate draw is rejected and redrawn.
     cfg = ThreeBodyConfig(n_trajectories=32, n_saved=100, energy_tol=2e-8, refine_factor=1)

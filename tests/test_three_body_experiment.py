@@ -237,6 +237,7 @@ def test_equivariance_error_detects_broken_model():
     assert min(errs.values()) > 0.01
 
 
+@pytest.mark.slow  # over 10 s; `make test-slow`
 def test_evaluate_cli_on_simulator_file(quick_run, tmp_path):
     workdir, metrics = quick_run
     f = tmp_path / "held_out.npz"

@@ -160,6 +160,13 @@ class EGHNConfig:
         high_layers: EGNN layers on the K clusters (3).
         pooling_head_factor: the assignment head is Linear(H, factor·H), tanh,
             Linear(factor·H, K) (reference: 8).
+        logit_bound: None (reference) or b > 0: the assignment logits pass through
+            b·tanh(logits / b) before the softmax. The cut loss is 0 only for a one-hot
+            assignment, so unbounded logits grow until the softmax saturates and the
+            assignment gets no gradient: one update that moves every particle into one
+            cluster is then permanent (the collapse seen in the M-complex run). With a
+            bound the smallest entry stays above exp(-2b) / K and collapse costs a loss
+            with a live gradient. Not in the authors' code.
     """
 
     hidden_features: int = 64
@@ -168,6 +175,7 @@ class EGHNConfig:
     pooling_layers: int = 3
     high_layers: int = 3
     pooling_head_factor: int = 8
+    logit_bound: float | None = None
 
     def __post_init__(self):
         for name in ("hidden_features", "num_clusters", "low_layers", "high_layers"):
@@ -177,6 +185,8 @@ class EGHNConfig:
             raise ValueError(f"num_clusters must be >= 2, got {self.num_clusters}")
         if self.pooling_layers < 0 or self.pooling_head_factor < 1:
             raise ValueError("pooling_layers must be >= 0 and pooling_head_factor >= 1")
+        if self.logit_bound is not None and not self.logit_bound > 0:
+            raise ValueError(f"logit_bound must be None or > 0, got {self.logit_bound}")
 
 
 @dataclasses.dataclass(frozen=True)

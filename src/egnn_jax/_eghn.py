@@ -171,6 +171,8 @@ class EPool(nn.Module):
         logits = _linear(cfg.num_clusters, cfg.pooling_head_factor * width, dtype, "assign_out")(
             jnp.tanh(head(h))
         )
+        if cfg.logit_bound is not None:
+            logits = cfg.logit_bound * jnp.tanh(logits / cfg.logit_bound)
         s = jax.nn.softmax(logits, axis=-1)
         return s * node_mask[:, None].astype(dtype)
 

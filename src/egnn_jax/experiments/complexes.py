@@ -59,8 +59,18 @@ __all__ = [
 ]
 
 INPUT_FRAME, TARGET_FRAME = 10, 25
-MODEL_NAMES = ("linear", "gnn", "rf", "egnn", "eghn")
-LABELS = {"linear": "Linear", "gnn": "GNN", "rf": "RF", "egnn": "EGNN", "eghn": "EGHN"}
+MODEL_NAMES = ("linear", "gnn", "rf", "egnn", "eghn", "eghn_bounded")
+LABELS = {
+    "linear": "Linear",
+    "gnn": "GNN",
+    "rf": "RF",
+    "egnn": "EGNN",
+    "eghn": "EGHN",
+    "eghn_bounded": "EGHN, bounded logits",
+}
+# `eghn_bounded`'s assignment logits pass through b tanh(logits / b) (`EGHNConfig.logit_bound`):
+# the smallest softmax entry stays above exp(-2b) / K = 1e-4, so the cut loss keeps a gradient.
+ASSIGNMENT_LOGIT_BOUND = 4.0
 COLUMNS = ((3, 3), (5, 5), (5, 10), (10, 10))
 # EGHN's table (NeurIPS 2022): prediction MSE x 1e-2, columns (M, average complex size).
 PUBLISHED_MSE = {
@@ -305,12 +315,14 @@ class Complexes(FrameTask):
             return ModelSpec(name, "radial_field", width, depth)
         if name == "egnn":
             return ModelSpec(name, "egnn", width, depth, (("velocity", True),))
-        if name == "eghn":
+        if name in ("eghn", "eghn_bounded"):
             options = (
                 ("num_clusters", config.num_clusters),
                 ("cut_weight", config.cut_weight),
                 ("local_capacity", local_edge_capacity(config)),
             )
+            if name == "eghn_bounded":
+                options += (("logit_bound", ASSIGNMENT_LOGIT_BOUND),)
             return ModelSpec(name, "eghn", width, 3, options)
         raise ValueError(f"unknown model {name!r}; choose from {MODEL_NAMES}")
 
@@ -353,11 +365,16 @@ class Complexes(FrameTask):
 
     def extra_results(self, config, spec, params, data):
         batch = jax.tree.map(lambda a: a[: min(100, a.shape[0])], data.test)
-        return {
+        extra = {
             "column": [config.complexes, config.avg_size],
             "forward_ms_per_batch": forward_ms(spec, params, batch),
             "published_test_mse": published(spec.name, config.complexes, config.avg_size),
         }
+        if spec.kind == "eghn":
+            extra["clusters"] = cluster_usage(
+                _assignments(params, spec, batch), batch["node_mask"], config.num_clusters
+            )
+        return extra
 
     def format_table(self, metrics):
         cfg = metrics["config"]
@@ -365,14 +382,35 @@ class Complexes(FrameTask):
         return epochs_table(self.ordered_rows(metrics), LABELS, f"test MSE x1e-2 {column}")
 
     def plots(self, workdir, config, metrics, params, data):
-        if "eghn" not in params:
-            return
-        spec = self.model_spec("eghn", config)
         batch = jax.tree.map(lambda a: a[:4], data.test)
-        plot_clusters(workdir / "clusters.png", batch, _assignments(params["eghn"], spec, batch))
+        for name, file in (("eghn", "clusters.png"), ("eghn_bounded", "clusters_bounded.png")):
+            if name in params:
+                spec = self.model_spec(name, config)
+                assignment = _assignments(params[name], spec, batch)
+                plot_clusters(workdir / file, batch, assignment, LABELS[name])
 
 
-def plot_clusters(path: Path, batch: dict, assignment: np.ndarray) -> None:
+def cluster_usage(assignment, node_mask, num_clusters: int) -> dict:
+    """How many clusters an EGHN's pooling uses: per system, the distinct argmax clusters of
+    its real particles.
+
+    Arguments:
+        assignment: `[S, N, K]` soft assignments; node_mask: `[S, N]` bool.
+
+    Returns:
+        ``mean_clusters_used`` (1 = collapsed), ``share_using_all`` (systems whose particles
+        use all K clusters), ``systems``.
+    """
+    assignment, mask = np.asarray(assignment), np.asarray(node_mask)
+    used = [len(np.unique(a[m].argmax(-1))) for a, m in zip(assignment, mask, strict=True)]
+    return {
+        "mean_clusters_used": float(np.mean(used)),
+        "share_using_all": float(np.mean(np.asarray(used) == num_clusters)),
+        "systems": len(used),
+    }
+
+
+def plot_clusters(path: Path, batch: dict, assignment: np.ndarray, label: str = "EGHN") -> None:
     """Test systems seen from above: particles coloured by their argmax cluster, each rigid
     complex outlined by a circle around its particles (x–y projection)."""
     import matplotlib
@@ -398,7 +436,7 @@ def plot_clusters(path: Path, batch: dict, assignment: np.ndarray) -> None:
         ax.set_title(f"test system {s}: {len(np.unique(ids))} complexes", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("EGHN's learned clusters (colour: argmax of S; circles: rigid complexes)")
+    fig.suptitle(f"{label}: learned clusters (colour: argmax of S; circles: rigid complexes)")
     fig.tight_layout()
     save_figure_atomic(fig, path)
     plt.close(fig)
