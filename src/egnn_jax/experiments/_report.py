@@ -87,7 +87,8 @@ def epochs_table(rows, labels: dict, score_header: str) -> str:
 def plot_loss_curves(
     path: Path, histories: dict, val_mse: dict, *, title: str, x_key: str = "step"
 ) -> None:
-    """Train (solid) and validation (dashed) MSE per model, log scale; fitted models as lines.
+    """Training loss (solid; a model's MSE plus any regulariser it trains with, e.g. EGHN's
+    cut loss) and validation MSE (dashed) per model, log scale; fitted models as lines.
 
     `x_key` picks the x axis from the history entries (``"step"`` or ``"epoch"``).
     """
@@ -110,7 +111,7 @@ def plot_loss_curves(
             ax.axhline(value, color="gray", linestyle=":", label=f"{label(name)} val")
     ax.set_yscale("log")
     ax.set_xlabel(x_key)
-    ax.set_ylabel("MSE")
+    ax.set_ylabel("train loss (solid), validation MSE (dashed)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
