@@ -101,6 +101,7 @@ def test_padding_changes_nothing_for_the_real_particles():
     assert not np.allclose(out.x, x, atol=1e-3)  # the model does move the particles
 
 
+@pytest.mark.slow  # over 10 s; `make test-slow`
 def test_local_capacity_visits_only_the_local_edges_and_never_drops_one():
     """E-Pool on a tight edge list computes what it computes on every pair; an overflow
     raises instead of dropping edges."""

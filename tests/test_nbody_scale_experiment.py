@@ -76,6 +76,7 @@ def test_quick_run_trains_every_kind_and_reports_the_table(quick_run):
     assert dict(spec.options) == {"keep_fraction": 0.5, "virtual_channels": 3}
 
 
+@pytest.mark.slow  # over 10 s; `make test-slow`
 def test_export_then_evaluate_reproduces_the_test_scores(quick_run, tmp_path):
     workdir, metrics = quick_run
     out = tmp_path / "t.npz"

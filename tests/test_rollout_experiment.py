@@ -67,6 +67,7 @@ def test_quick_run_reports_every_model_along_time(quick_run):
     assert "| True simulator |" in table
 
 
+@pytest.mark.slow  # over 10 s; `make test-slow`
 def test_evaluate_prints_the_contract_on_a_longer_file(quick_run, tmp_path):
     workdir, metrics = quick_run
     cfg = rollout.quick_config()

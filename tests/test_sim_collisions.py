@@ -167,6 +167,7 @@ def test_public_trajectory_reproduces_dataset_rows_and_chunking_does_not_matter(
     np.testing.assert_allclose(ds.x[3], out["x"], atol=1e-6)
 
 
+@pytest.mark.slow  # over 10 s; `make test-slow`
 def test_overflowing_contact_budget_is_refined_not_truncated():
     # ~13 contacts in 4 time units: a budget of 8 overflows often, its refinement (32) never.
     cfg = sim.CollisionsConfig(n_trajectories=32, t_end=4.0, n_saved=41, max_events=8)

@@ -309,6 +309,7 @@ def test_evaluate_errors(quick_run, tmp_path, capsys):
     assert rc == 1 and "no saved parameters in" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # over 10 s; `make test-slow`
 def test_existing_run_is_never_replaced_silently(quick_run, data_dir, tmp_path, capsys):
     workdir, metrics = quick_run
     copy = tmp_path / "copy"
