@@ -14,13 +14,13 @@ os.environ["XLA_FLAGS"] = (
 # One compilation cache for the whole run, shared through the environment by the xdist
 # workers and the command-line tests' child processes: the same programs (a model's init,
 # a simulator) are compiled again in every test file (their caches are dropped below) and
-# in every child. Programs that compile in under 0.1 s are not worth a disk entry. The
+# in every child. Only programs that take a while to compile are worth a disk entry. The
 # process that makes the folder (the first to load this file) removes it at exit.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="egnn_jax_test_xla_cache_")
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
 import gc  # noqa: E402
 
