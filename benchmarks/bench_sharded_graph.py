@@ -96,6 +96,7 @@ def main(argv=None):
         cases = {}
         for name, call_args in (("one_device", one), ("sharded", split)):
             compiled = step.lower(*call_args).compile()
+            hlo = compiled.as_text()
             memory = compiled.memory_analysis()
             row["cases"][name] = {
                 "devices": 1 if name == "one_device" else args.devices,
@@ -103,8 +104,8 @@ def main(argv=None):
                 if name == "one_device"
                 else int(edges.senders.addressable_shards[0].data.shape[0]),
                 "xla_temp_bytes_per_device": int(memory.temp_size_in_bytes),
-                "all_reduces": compiled.as_text().count(" all-reduce("),
-                "all_gathers": compiled.as_text().count(" all-gather("),
+                "all_reduces": hlo.count(" all-reduce("),
+                "all_gathers": hlo.count(" all-gather("),
             }
             losses[name] = float(compiled(*call_args)[0])
             cases[name] = lambda c=compiled, a=call_args: jax.block_until_ready(c(*a))
