@@ -43,7 +43,9 @@ def quick_run(tmp_path_factory, data_dir):
 def test_quick_run_reports_every_model_along_time(quick_run):
     workdir, metrics = quick_run
     cfg = rollout.quick_config()
-    assert list(metrics["config"]["models"]) == list(rollout.MODEL_NAMES)
+    three_body = [m for m in rollout.MODEL_NAMES if m not in rollout.CHARGED_ONLY]
+    assert list(metrics["config"]["models"]) == three_body
+    assert set(metrics["models"]) == set(three_body)
     for name, row in metrics["models"].items():
         assert len(row["test_mse_curve"]) == cfg.frames, name
         assert row["test_mse_curve"][0] == pytest.approx(0.0, abs=1e-12), name  # the first state
@@ -220,6 +222,14 @@ def test_config_validation():
     assert dict(spec.options)["window"] == 8 and spec.kind == "step"
     naive = dict(rollout.EXPERIMENT.model_spec("naive_step", cfg).options)
     assert naive == {"dt": cfg.dt, "edge_features": "inverse"}
+    # The fine force field is the force field on the config's finer solver grid, charged only.
+    coarse, fine = (
+        rollout.EXPERIMENT.model_spec(m, charged) for m in ("force_field", "force_field_fine")
+    )
+    assert fine.kind == coarse.kind == "force_field"
+    assert dict(fine.options) == dict(coarse.options) | {"substeps": charged.fine_substeps}
+    assert charged.fine_substeps > charged.substeps
+    assert "force_field_fine" in charged.models and "force_field_fine" not in cfg.models
 
 
 def test_pushforward_stops_gradients_between_steps():
