@@ -264,6 +264,42 @@ def test_pushforward_stops_gradients_between_steps():
         )
 
 
+def test_log_loss_weighs_every_system_by_its_own_error():
+    """``loss="log"`` averages the log of each system's squared error: one system far off
+    moves it by a log, where it dominates the MSE."""
+    import jax
+
+    from egnn_jax.experiments._models import MODEL_KINDS
+    from egnn_jax.experiments._rollout_models import LOG_LOSS_FLOOR
+    from egnn_jax.experiments._step import StepInfo
+
+    key = jax.random.key(0)
+    x = np.asarray(jax.random.normal(key, (4, 2, 3, 2)))
+    v = np.asarray(0.5 * jax.random.normal(jax.random.fold_in(key, 1), (4, 2, 3, 2)))
+    batch = {"x": jnp.asarray(x), "v": jnp.asarray(v), "h": jnp.ones((4, 3, 1))}
+    info = StepInfo(jax.random.key(5), jnp.int32(10**6))
+    spec = {
+        loss: ModelSpec("m", "step", 8, 1, {"dt": 0.1, "window": 1, "loss": loss}.items())
+        for loss in ("mse", "log")
+    }
+    params = spec["mse"].init(key, batch)
+    xs, vs = jax.vmap(lambda s: MODEL_KINDS["step"].unroll(spec["log"], params, s, 1))(
+        State(x[:, 0], v[:, 0], batch["h"])
+    )
+    per_system = np.mean(
+        (np.asarray(xs[:, 1]) - x[:, 1]) ** 2 + (np.asarray(vs[:, 1]) - v[:, 1]) ** 2, (1, 2)
+    )
+    log_loss = float(spec["log"].loss(params, batch, info))
+    assert log_loss == pytest.approx(np.mean(np.log(per_system + LOG_LOSS_FLOOR)), rel=1e-5)
+    assert float(spec["mse"].loss(params, batch, info)) == pytest.approx(per_system.mean(), 1e-5)
+    # One system's target 100 further off: the log loss moves by at most log(100^2) / 4.
+    far = dict(batch, x=batch["x"].at[0, 1].add(100 * (xs[0, 1] - x[0, 1])))
+    assert float(spec["log"].loss(params, far, info)) - log_loss < np.log(1e4) / 4 + 1e-3
+    assert float(spec["mse"].loss(params, far, info)) > 100 * per_system.mean()
+    with pytest.raises(ValueError, match="loss must be one of"):
+        ModelSpec("m", "step", 8, 1, {"dt": 0.1, "loss": "l1"}.items()).init(key, batch)
+
+
 @pytest.mark.parametrize(
     "pushforward",
     [pytest.param(False, marks=pytest.mark.slow), True],  # False: 16 s
