@@ -146,7 +146,7 @@ def main(argv=None) -> int:
         "exact contact rule, one step from each true state with a contact "
         f"({one_step['contact_steps']} steps): squared velocity error mean "
         f"{one_step['mean']:.2g}, median {one_step['median']:.2g}; the worst 1% hold "
-        f"{one_step['share_of_worst_1_percent']:.0%} of it"
+        f"{one_step['share_of_worst_1_percent']:.2%} of it"
     )
     print(f"wrote {args.out}")
     return 0
