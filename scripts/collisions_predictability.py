@@ -37,18 +37,28 @@ REPORT_TIMES = (1.0, 2.0, 3.0, 4.0, 5.0)
 NOISE_SCALES = (1e-7, 1e-5, 1e-3)
 
 
+def _exact_rule_step(state: dyn.State, config) -> tuple[dyn.State, jax.Array]:
+    """One step of the family's exact member, and whether it saw a contact in the step."""
+    dt = config.dt
+    features, normal, _, approach = _pair_geometry(state, config.radius, config.box, dt)
+    hits, after = features[..., 4], features[..., 3]
+    m_i, m_k = features[..., 6], features[..., 7]  # the node features: masses
+    a = -hits * 2 * m_k / (m_i + m_k)
+    dv = jnp.sum((a * approach)[..., None] * normal, axis=1)
+    dx = jnp.sum((a * after * approach * dt)[..., None] * normal, axis=1)
+    new = dyn.State(state.x + dt * state.v + dx, state.v + dv, state.h)
+    return new, jnp.any(hits > 0)
+
+
+def _f32(a) -> jax.Array:
+    return jnp.asarray(a, jnp.float32)
+
+
 def _exact_rule_rollout(x0, v0, masses, config) -> np.ndarray:
     """The family's exact member stepped in float32: ``[B, T, M, dim]``."""
-    dt, radius, box = config.dt, config.radius, config.box
 
     def step(state, _):
-        features, normal, _, approach = _pair_geometry(state, radius, box, dt)
-        hits, after = features[..., 4], features[..., 3]
-        m_i, m_k = features[..., 6], features[..., 7]  # the node features: masses
-        a = -hits * 2 * m_k / (m_i + m_k)
-        dv = jnp.sum((a * approach)[..., None] * normal, axis=1)
-        dx = jnp.sum((a * after * approach * dt)[..., None] * normal, axis=1)
-        new = dyn.State(state.x + dt * state.v + dx, state.v + dv, state.h)
+        new, _ = _exact_rule_step(state, config)
         return new, new.x
 
     def one(x, v, m):
@@ -56,27 +66,20 @@ def _exact_rule_rollout(x0, v0, masses, config) -> np.ndarray:
         _, xs = jax.lax.scan(step, state, None, length=config.n_saved - 1)
         return jnp.concatenate([x[None], xs])
 
-    f32 = lambda a: jnp.asarray(a, jnp.float32)
-    return np.asarray(jax.jit(jax.vmap(one))(f32(x0), f32(v0), f32(masses)))
+    return np.asarray(jax.jit(jax.vmap(one))(_f32(x0), _f32(v0), _f32(masses)))
 
 
 def _exact_rule_one_step_errors(x, v, masses, config) -> dict:
     """The exact rule stepped once from every true state: the squared error of the next
     velocities (mean over bodies and coordinates) on the steps where it sees a contact,
     their mean, median and the share of the total held by the worst 1%."""
-    dt, radius, box = config.dt, config.radius, config.box
 
     def step(x, v, m):
-        state = dyn.State(x, v, m[:, None])
-        features, normal, _, approach = _pair_geometry(state, radius, box, dt)
-        hits = features[..., 4]
-        m_i, m_k = features[..., 6], features[..., 7]
-        a = -hits * 2 * m_k / (m_i + m_k)
-        return v + jnp.sum((a * approach)[..., None] * normal, axis=1), jnp.any(hits > 0)
+        new, contact = _exact_rule_step(dyn.State(x, v, m[:, None]), config)
+        return new.v, contact
 
-    f32 = lambda a: jnp.asarray(a, jnp.float32)
     over_time = jax.vmap(step, in_axes=(0, 0, None))
-    v_next, contact = jax.jit(jax.vmap(over_time))(f32(x[:, :-1]), f32(v[:, :-1]), f32(masses))
+    v_next, contact = jax.jit(jax.vmap(over_time))(_f32(x[:, :-1]), _f32(v[:, :-1]), _f32(masses))
     err = np.mean((np.asarray(v_next, np.float64) - v[:, 1:]) ** 2, axis=(2, 3))
     on_contact = np.sort(err[np.asarray(contact)])[::-1]
     worst = max(1, len(on_contact) // 100)

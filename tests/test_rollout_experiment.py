@@ -43,7 +43,8 @@ def quick_run(tmp_path_factory, data_dir):
 def test_quick_run_reports_every_model_along_time(quick_run):
     workdir, metrics = quick_run
     cfg = rollout.quick_config()
-    three_body = [m for m in rollout.MODEL_NAMES if m not in rollout.CHARGED_ONLY]
+    off = rollout.CHARGED_ONLY + rollout.ON_DEMAND
+    three_body = [m for m in rollout.MODEL_NAMES if m not in off]
     assert list(metrics["config"]["models"]) == three_body
     assert set(metrics["models"]) == set(three_body)
     for name, row in metrics["models"].items():
@@ -230,6 +231,13 @@ def test_config_validation():
     assert dict(fine.options) == dict(coarse.options) | {"substeps": charged.fine_substeps}
     assert charged.fine_substeps > charged.substeps
     assert "force_field_fine" in charged.models and "force_field_fine" not in cfg.models
+    # The log-loss variant: the pushforward model with one option more, trained on demand.
+    push, push_log = (
+        dict(rollout.EXPERIMENT.model_spec(m, charged).options)
+        for m in ("multi_step_pushforward", "multi_step_pushforward_log")
+    )
+    assert push_log == push | {"loss": "log"} and push["pushforward"]
+    assert not {"multi_step_pushforward_log"} & (set(charged.models) | set(cfg.models))
 
 
 def test_pushforward_stops_gradients_between_steps():

@@ -204,13 +204,12 @@ class _Rollout:
             return jnp.stack([s.x for s in states]), jnp.stack([s.v for s in states])
 
         xs, vs = jax.vmap(unroll)(dyn.State(x0, v0, batch["h"]))
+        squared = (xs[:, 1:] - xw[:, 1:]) ** 2 + (vs[:, 1:] - vw[:, 1:]) ** 2
         if self.option(spec, "loss") == "log":
-            squared = jnp.mean((xs[:, 1:] - xw[:, 1:]) ** 2 + (vs[:, 1:] - vw[:, 1:]) ** 2, (2, 3))
-            per_step = jnp.mean(jnp.log(squared + LOG_LOSS_FLOOR), axis=0)  # [window]
+            per_system = jnp.mean(squared, axis=(2, 3))
+            per_step = jnp.mean(jnp.log(per_system + LOG_LOSS_FLOOR), axis=0)  # [window]
         else:
-            per_step = jnp.mean(
-                (xs[:, 1:] - xw[:, 1:]) ** 2 + (vs[:, 1:] - vw[:, 1:]) ** 2, axis=(0, 2, 3)
-            )  # [window]
+            per_step = jnp.mean(squared, axis=(0, 2, 3))  # [window]
         counted = jnp.arange(window) < k
         return jnp.sum(jnp.where(counted, per_step, 0.0)) / jnp.sum(counted)
 

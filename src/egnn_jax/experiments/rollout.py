@@ -76,6 +76,7 @@ MODEL_NAMES = (
     "naive_step",
     "multi_step",
     "multi_step_pushforward",
+    "multi_step_pushforward_log",
     "force_field",
     "force_field_fine",
     "potential",
@@ -84,12 +85,16 @@ MODEL_NAMES = (
 # Variants that only the charged task needs: its close encounters are stiff (see
 # `RolloutConfig.fine_substeps`), the three-body data's softened gravity is not.
 CHARGED_ONLY = ("force_field_fine",)
+# Trained only when named with --models: the pushforward model on the log loss (see
+# `_rollout_models.LOSSES`).
+ON_DEMAND = ("multi_step_pushforward_log",)
 LABELS = {
     "linear": "Linear (constant velocity)",
     "one_shot": "One-shot EGNN-vel",
     "naive_step": "Step model, one-step loss",
     "multi_step": "Step model, multi-step loss",
     "multi_step_pushforward": "Step model, multi-step pushforward",
+    "multi_step_pushforward_log": "Step model, multi-step pushforward, log loss",
     "force_field": "Force field",
     "force_field_fine": "Force field, fine solver steps",
     "potential": "Learned potential",
@@ -134,7 +139,7 @@ class RolloutConfig(IterationsConfig):
         n_val_rollout: validation systems rolled out to select the best step.
     """
 
-    models: tuple[str, ...] = tuple(m for m in MODEL_NAMES if m not in CHARGED_ONLY)
+    models: tuple[str, ...] = tuple(m for m in MODEL_NAMES if m not in CHARGED_ONLY + ON_DEMAND)
     lr_schedule: str = "cosine"
     system: str = "three-body"
     n_train: int = 8_000
@@ -233,7 +238,7 @@ def charged_config() -> RolloutConfig:
     through 40 solver steps of second derivatives costs more than this CPU affords.
     """
     return RolloutConfig(
-        models=tuple(m for m in MODEL_NAMES if m != "potential"),
+        models=tuple(m for m in MODEL_NAMES if m != "potential" and m not in ON_DEMAND),
         system="charged",
         seed=43,
         n_train=3_000,
@@ -469,10 +474,12 @@ class Rollout(Experiment):
         if name == "naive_step":
             options = {"dt": dt, "edge_features": "inverse"}
             return ModelSpec(name, "step", width, depth, options.items())
-        if name in ("multi_step", "multi_step_pushforward"):
+        if name in ("multi_step", "multi_step_pushforward", "multi_step_pushforward_log"):
             options = multi | {"noise": config.step_noise}
-            if name == "multi_step_pushforward":
+            if name.startswith("multi_step_pushforward"):
                 options["pushforward"] = True
+            if name.endswith("_log"):
+                options["loss"] = "log"
             return ModelSpec(name, "step", width, depth, options.items())
         kind = {"force_field": "force_field", "force_field_fine": "force_field"}.get(name, name)
         substeps = config.fine_substeps if name == "force_field_fine" else config.substeps
