@@ -25,6 +25,7 @@ import numpy as np
 
 from egnn_jax import dynamics as dyn
 from egnn_jax._atomic import save_json_atomic
+from egnn_jax.experiments._report import markdown_table
 from egnn_jax.experiments.rollout import EXPERIMENT, charged_config
 from egnn_jax.sim import Leapfrog, Yoshida6, charged_forces
 
@@ -88,17 +89,19 @@ def main(argv=None) -> int:
         "rows": rows,
     }
     save_json_atomic(args.out, result)
-    print(
-        f"| solver | steps per frame | force evaluations per frame | "
-        f"trajectory MSE (frames {config.first_frame + 1}-{config.last_frame}) | "
-        f"MSE frame {config.last_frame} |"
-    )
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['solver']} | {r['steps_per_frame']} | {r['force_evaluations_per_frame']} | "
-            f"{r['trajectory_mse']:.2g} | {r['mse_last_frame']:.2g} |"
-        )
+    header = [
+        "solver",
+        "steps per frame",
+        "force evaluations per frame",
+        f"trajectory MSE (frames {config.first_frame + 1}-{config.last_frame})",
+        f"MSE frame {config.last_frame}",
+    ]
+    cells = [
+        [r["solver"], str(r["steps_per_frame"]), str(r["force_evaluations_per_frame"])]
+        + [f"{r[k]:.2g}" for k in ("trajectory_mse", "mse_last_frame")]
+        for r in rows
+    ]
+    print(markdown_table(header, cells))
     print(f"wrote {args.out}")
     return 0
 
