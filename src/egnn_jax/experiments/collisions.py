@@ -357,7 +357,7 @@ class Collisions(Experiment):
             "box": config.box,
             "project": name == "contact_projected",
         }
-        if name == "contact_step_log":
+        if name.endswith("_log"):  # the variants' suffix, as in the rollout experiment
             options["loss"] = "log"
         return ModelSpec(name, "contact_step", width, depth, options.items())
 

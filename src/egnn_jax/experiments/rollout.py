@@ -233,9 +233,10 @@ def charged_config() -> RolloutConfig:
 
     The multi-step models unroll the whole task (K = 10 saved intervals); the force field
     takes 4 leapfrog steps per interval, ``force_field_fine`` 32 (the true forces on the
-    coarse grid are 0.090 off at frame 40, on the fine one 0.0012; about 3 s per training
-    step on a 2-core CPU, so a GPU run). The learned potential is left out here: training it
-    through 40 solver steps of second derivatives costs more than this CPU affords.
+    coarse grid are 0.090 off at frame 40, on the fine one 0.0012; 5.2 s per training
+    step on the 2-core CPU in a 100-step trial, so a GPU run). The learned potential is left
+    out here: training it through 40 solver steps of second derivatives costs more than this
+    CPU affords.
     """
     return RolloutConfig(
         models=tuple(m for m in MODEL_NAMES if m != "potential" and m not in ON_DEMAND),
@@ -481,7 +482,7 @@ class Rollout(Experiment):
             if name.endswith("_log"):
                 options["loss"] = "log"
             return ModelSpec(name, "step", width, depth, options.items())
-        kind = {"force_field": "force_field", "force_field_fine": "force_field"}.get(name, name)
+        kind = "force_field" if name.startswith("force_field") else name
         substeps = config.fine_substeps if name == "force_field_fine" else config.substeps
         options = multi | {"substeps": substeps}
         return ModelSpec(name, kind, width, config.force_layers, options.items())
