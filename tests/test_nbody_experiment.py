@@ -60,7 +60,7 @@ def test_baselines_read_the_reference_inputs():
     np.testing.assert_array_equal(batch["gnn_edge"], batch["edge_attr"][..., :1])
     cfg = nbody_charged.NBodyExperimentConfig()
     shapes = {}
-    for name in ("gnn", "radial_field", "egnn_vel"):
+    for name in ("gnn", "radial_field", "egnn_vel", "hegnn_l2"):
         spec = nbody_charged.EXPERIMENT.model_spec(name, cfg)
         tree = jax.eval_shape(spec.init, jax.random.key(0), batch)["params"]
         shapes[name] = jax.tree.map(lambda a: a.shape, tree)
@@ -69,12 +69,18 @@ def test_baselines_read_the_reference_inputs():
     assert shapes["radial_field"]["phi_hidden_0"]["kernel"] == (1 + 2, 64)
     assert shapes["egnn_vel"]["embedding"]["kernel"] == (1, 64)
     assert shapes["egnn_vel"]["layer_0"]["edge_in"]["kernel"] == (2 * 64 + 1 + 2, 64)
+    # HEGNN reads EGNN-vel's inputs: |r_ij| and the edge attributes where its steerable
+    # features start, and one inner product per degree 0..2 in each message.
+    assert shapes["hegnn_l2"]["embedding"]["kernel"] == (1, 64)
+    assert shapes["hegnn_l2"]["steerable_init"]["edge_in"]["kernel"] == (1 + 2 * 64 + 2, 64)
+    assert shapes["hegnn_l2"]["layer_0"]["edge_in"]["kernel"] == (2 * 64 + 2 + 1 + 3, 64)
 
 
 def test_quick_run_reports_every_model(quick_run):
     workdir, metrics = quick_run
     on_disk = json.loads((workdir / "metrics.json").read_text())
-    assert set(on_disk["test_mse"]) == {"linear", "gnn", "radial_field", "egnn_vel"}
+    assert set(on_disk["test_mse"]) == {"linear", "gnn", "radial_field", "egnn_vel", "hegnn_l1"}
+    assert on_disk["models"]["hegnn_l1"]["paper_test_mse"] is None
     for name, r in on_disk["models"].items():
         assert np.isfinite(r["test_mse"]) and r["test_mse"] > 0
         assert r["forward_ms_per_batch"] > 0
@@ -86,7 +92,8 @@ def test_quick_run_reports_every_model(quick_run):
     hist = on_disk["histories"]["egnn_vel"]
     assert min(h["val_loss"] for h in hist[1:]) < hist[0]["val_loss"]
     assert [h["epoch"] for h in hist] == [5.0, 10.0]
-    assert "| EGNN-vel |" in nbody_charged.EXPERIMENT.format_table(on_disk)
+    table = nbody_charged.EXPERIMENT.format_table(on_disk)
+    assert "| EGNN-vel |" in table and "| HEGNN l≤1 | " in table
 
 
 def test_evaluate_reloads_saved_models(quick_run, data_dir, tmp_path):
@@ -159,7 +166,7 @@ def test_retraining_some_models_keeps_the_other_rows(quick_run, data_dir, tmp_pa
         config, copy, data_dir=data_dir, progress=False, overwrite=True, command="retrain rf"
     )
     assert merged["models"]["radial_field"]["command"] == "retrain rf"
-    assert list(merged["models"]) == ["linear", "gnn", "radial_field", "egnn_vel"]
+    assert list(merged["models"]) == ["linear", "gnn", "radial_field", "egnn_vel", "hegnn_l1"]
     assert merged["config"]["models"] == list(merged["models"])
     for name in ("linear", "gnn", "egnn_vel"):
         assert merged["models"][name] == metrics["models"][name]

@@ -48,6 +48,7 @@ from ._baselines import GNN, RadialField
 from ._rollout_models import ROLLOUT_KINDS
 
 __all__ = [
+    "HEGNN_DEGREES",
     "MODEL_KINDS",
     "PRESETS",
     "ModelSpec",
@@ -335,6 +336,9 @@ MODEL_KINDS: dict[str, Any] = {
     **ROLLOUT_KINDS,  # learned simulators over whole trajectories (`_rollout_models`)
 }
 
+# HEGNN's published variants (its N-body table): the name -> the highest degree L.
+HEGNN_DEGREES = {"hegnn_l1": 1, "hegnn_l2": 2, "hegnn_l3": 3, "hegnn_l6": 6}
+
 # Experiment-facing names -> (kind, options, label).
 PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
     "linear": ("linear", {}, "Linear"),
@@ -342,6 +346,10 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
     "radial_field": ("radial_field", {}, "Radial Field"),
     "egnn": ("egnn", {}, "EGNN"),
     "egnn_vel": ("egnn", {"velocity": True}, "EGNN-vel"),
+    **{
+        name: ("hegnn", {"max_degree": degree}, f"HEGNN l≤{degree}")
+        for name, degree in HEGNN_DEGREES.items()
+    },
 }
 
 

@@ -41,7 +41,7 @@ from egnn_jax.sim import NBodyConfig, load_or_simulate
 from ._cli import entry_points
 from ._experiment import EpochsConfig, ExperimentData, split_sizes
 from ._frame_task import FrameTask
-from ._models import ModelSpec, mse
+from ._models import HEGNN_DEGREES, ModelSpec, label, mse
 from ._report import epochs_table
 from .nbody_charged import forward_ms
 
@@ -61,7 +61,6 @@ __all__ = [
 
 INPUT_FRAME, TARGET_FRAME = 30, 40
 BODIES = (5, 20, 50, 100)
-HEGNN_DEGREES = {"hegnn_l1": 1, "hegnn_l2": 2, "hegnn_l3": 3, "hegnn_l6": 6}
 MODEL_NAMES = ("linear", "rf", "egnn", *HEGNN_DEGREES, "fastegnn")
 # FastEGNN as its authors' N-body script runs it (`run_nbody.sh`): 3 virtual nodes, the real
 # edges cut to the shortest half (`--cutoff_rate 0.5`), MMD weight 0.01 with sigma 1.5.
@@ -70,7 +69,7 @@ LABELS = {
     "linear": "Linear",
     "rf": "RF",
     "egnn": "EGNN",
-    **{name: f"HEGNN l≤{degree}" for name, degree in HEGNN_DEGREES.items()},
+    **{name: label(name) for name in HEGNN_DEGREES},
     "fastegnn": "FastEGNN (C=3, 50% edges)",
 }
 # HEGNN's Table (NeurIPS 2024): test MSE x 1e-2 on 5 / 20 / 50 / 100 bodies.
