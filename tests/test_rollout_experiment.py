@@ -223,13 +223,22 @@ def test_config_validation():
     assert dict(spec.options)["window"] == 8 and spec.kind == "step"
     naive = dict(rollout.EXPERIMENT.model_spec("naive_step", cfg).options)
     assert naive == {"dt": cfg.dt, "edge_features": "inverse"}
-    # The fine force field is the force field on the config's finer solver grid, charged only.
+    # The fine force field is the force field on the config's finer solver grid, trained on
+    # its own (shorter) windows, charged only.
     coarse, fine = (
         rollout.EXPERIMENT.model_spec(m, charged) for m in ("force_field", "force_field_fine")
     )
     assert fine.kind == coarse.kind == "force_field"
-    assert dict(fine.options) == dict(coarse.options) | {"substeps": charged.fine_substeps}
+    assert dict(fine.options) == dict(coarse.options) | {
+        "substeps": charged.fine_substeps,
+        "window": charged.fine_window,
+    }
     assert charged.fine_substeps > charged.substeps
+    assert charged.fine_window == 1 < charged.window == dict(coarse.options)["window"]
+    with pytest.raises(ValueError, match="fine_window=11 needs more than 11 frames"):
+        dataclasses.replace(charged, fine_window=11)
+    with pytest.raises(ValueError, match="fine_window must be >= 1"):
+        dataclasses.replace(charged, fine_window=0)
     assert "force_field_fine" in charged.models and "force_field_fine" not in cfg.models
     # The log-loss variant: the pushforward model with one option more, trained on demand.
     push, push_log = (

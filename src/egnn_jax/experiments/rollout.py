@@ -18,7 +18,7 @@ steps, K growing by curriculum, with noise injection), ``multi_step_pushforward`
 windows, each step trained on the model's own previous prediction without backpropagating
 through it), ``force_field`` (an EGNN acceleration
 integrated by leapfrog, trained through the solver on windows; ``force_field_fine``, charged
-only: the same on a finer solver grid), ``potential`` (a learned
+only: the same on a finer solver grid, trained on one-interval windows), ``potential`` (a learned
 invariant potential, forces by autodiff, leapfrog: energy conserved by construction) and
 ``true_simulator`` (the physics itself integrated the same way, the ceiling). See
 `_rollout_models` for the kinds and their losses.
@@ -136,6 +136,11 @@ class RolloutConfig(IterationsConfig):
             leapfrog steps per frame land at an MSE of 0.090 at frame 40, by 32 at 0.0012
             (`python scripts/charged_solver_error.py`), so a learned force field on the coarse
             grid spends its capacity correcting the solver.
+        fine_window: the unroll length K of ``force_field_fine``'s training windows (its
+            validation and test still roll out the whole task). Each window costs
+            ``fine_substeps`` solver steps per interval forward and back, so one interval
+            (the default) keeps a training step at ~0.45 s on the 2-core CPU, where the
+            task's K = 10 took 5.2 s.
         n_val_rollout: validation systems rolled out to select the best step.
     """
 
@@ -167,6 +172,7 @@ class RolloutConfig(IterationsConfig):
     force_layers: int = 2
     substeps: int = 1
     fine_substeps: int = 32
+    fine_window: int = 1
     n_val_rollout: int = 200
 
     RUN_FIELDS: ClassVar[tuple[str, ...]] = (
@@ -182,13 +188,15 @@ class RolloutConfig(IterationsConfig):
             raise ValueError(f"system must be one of {SYSTEMS}, got {self.system!r}")
         if self.sampler not in sim.SAMPLERS:
             raise ValueError(f"sampler must be one of {sim.SAMPLERS}, got {self.sampler!r}")
-        for name in ("n_train", "n_valid", "n_test", "window"):
+        for name in ("n_train", "n_valid", "n_test", "window", "fine_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_train < self.batch_size:
             raise ValueError(f"n_train={self.n_train} < batch_size={self.batch_size}")
-        if self.window >= self.frames:
-            raise ValueError(f"window={self.window} needs more than {self.window} frames")
+        for name in ("window", "fine_window"):
+            if getattr(self, name) >= self.frames:
+                k = getattr(self, name)
+                raise ValueError(f"{name}={k} needs more than {k} frames")
         if self.system == "charged":
             train = (self.train_first_frame, self.train_last_frame)
             if not 0 <= train[0] < train[1] < sim.ChargedConfig().n_frames:
@@ -196,8 +204,10 @@ class RolloutConfig(IterationsConfig):
                     f"train frames {train[0]}:{train[1]} must lie in 0:"
                     f"{sim.ChargedConfig().n_frames - 1}, first < last"
                 )
-            if self.window > train[1] - train[0]:
-                raise ValueError(f"window={self.window} needs more train frames than {train}")
+            for name in ("window", "fine_window"):
+                if getattr(self, name) > train[1] - train[0]:
+                    k = getattr(self, name)
+                    raise ValueError(f"{name}={k} needs more train frames than {train}")
             if "one_shot" in self.models and train != (self.first_frame, self.last_frame):
                 raise ValueError(
                     "one_shot learns from the first training frame, so it needs the task's "
@@ -233,8 +243,8 @@ def charged_config() -> RolloutConfig:
 
     The multi-step models unroll the whole task (K = 10 saved intervals); the force field
     takes 4 leapfrog steps per interval, ``force_field_fine`` 32 (the true forces on the
-    coarse grid are 0.090 off at frame 40, on the fine one 0.0012; 5.2 s per training
-    step on the 2-core CPU in a 100-step trial, so a GPU run). The learned potential is left
+    coarse grid are 0.090 off at frame 40, on the fine one 0.0012) and trains on windows of
+    one interval (`RolloutConfig.fine_window`). The learned potential is left
     out here: training it through 40 solver steps of second derivatives costs more than this
     CPU affords.
     """
@@ -483,8 +493,9 @@ class Rollout(Experiment):
                 options["loss"] = "log"
             return ModelSpec(name, "step", width, depth, options.items())
         kind = "force_field" if name.startswith("force_field") else name
-        substeps = config.fine_substeps if name == "force_field_fine" else config.substeps
-        options = multi | {"substeps": substeps}
+        options = multi | {"substeps": config.substeps}
+        if name == "force_field_fine":
+            options |= {"substeps": config.fine_substeps, "window": config.fine_window}
         return ModelSpec(name, kind, width, config.force_layers, options.items())
 
     def load_data(self, config, data_dir, progress):
