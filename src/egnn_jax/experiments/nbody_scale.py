@@ -42,6 +42,7 @@ from ._cli import entry_points
 from ._experiment import EpochsConfig, ExperimentData, split_sizes
 from ._frame_task import FrameTask
 from ._models import HEGNN_DEGREES, ModelSpec, label, mse
+from ._models import model_spec as preset_spec
 from ._report import epochs_table
 from .nbody_charged import forward_ms
 
@@ -296,7 +297,7 @@ class NBodyScale(FrameTask):
         if name == "egnn":
             return ModelSpec(name, "egnn", width, depth, (("velocity", True),))
         if name in HEGNN_DEGREES:
-            return ModelSpec(name, "hegnn", width, depth, (("max_degree", HEGNN_DEGREES[name]),))
+            return preset_spec(name, width, depth)
         if name == "fastegnn":
             return ModelSpec(name, "fastegnn", width, depth, tuple(FASTEGNN_OPTIONS.items()))
         raise ValueError(f"unknown model {name!r}; choose from {MODEL_NAMES}")
