@@ -1,7 +1,7 @@
 """Mean ± standard deviation of each model's test MSE over training seeds (figures of the README)
 
-    python scripts/seed_spread.py experiments/results/complexes/3_3 \
-        experiments/results/complexes/3_3/train_seed_1 experiments/results/complexes/3_3/train_seed_2
+    W=experiments/results/complexes/3_3
+    python scripts/seed_spread.py $W $W/train_seed_1 $W/train_seed_2
 
 Each argument is the workdir of one run of the same experiment on the same data, differing
 only in ``--train-seed`` (the initialisation and the shuffling). The script reads their
@@ -64,7 +64,8 @@ def spread(workdirs: list[Path]) -> dict:
             raise ValueError(f"{workdir} was trained on other data than {reference_dir}")
         ours, theirs = _comparable_config(metrics), _comparable_config(reference)
         if ours != theirs:
-            differing = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+            keys = ours.keys() | theirs.keys()
+            differing = sorted(k for k in keys if ours.get(k) != theirs.get(k))
             raise ValueError(f"{workdir} differs from {reference_dir} in {differing}")
     seeds = [_seed_of(m) for _, m in runs]
     if len(set(seeds)) != len(seeds):
@@ -76,7 +77,7 @@ def spread(workdirs: list[Path]) -> dict:
     models = {}
     for name in names:
         per_seed = []
-        for (workdir, metrics), seed in zip(runs, seeds):
+        for (workdir, metrics), seed in zip(runs, seeds, strict=True):
             row = metrics["models"].get(name)
             if row is None:
                 continue
@@ -98,11 +99,9 @@ def spread(workdirs: list[Path]) -> dict:
                 }
             )
         values = [r["test_mse"] for r in per_seed]
+        rows = [m["models"][name] for _, m in runs if name in m["models"]]
         models[name] = {
-            "published_test_mse": next(
-                (m["models"][name].get("published_test_mse") for _, m in runs if name in m["models"]),
-                None,
-            ),
+            "published_test_mse": rows[0].get("published_test_mse"),
             "runs": per_seed,
             "n": len(values),
             "mean": statistics.fmean(values),

@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -12,7 +16,7 @@ from _cli import run_module
 
 from egnn_jax.experiments import complexes
 from egnn_jax.experiments._models import ModelSpec
-from egnn_jax.sim import ComplexesConfig, complex_sizes
+from egnn_jax.sim import ComplexesConfig, complex_sizes, load_dataset
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +129,43 @@ def test_export_then_evaluate_reproduces_the_test_scores(quick_run, tmp_path):
     scores = json.loads(result.stdout)
     for name, row in metrics["models"].items():
         assert scores[name] == pytest.approx(row["test_mse"], rel=1e-4), name
+
+
+_RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results" / "complexes"
+
+
+def _committed_workdirs() -> dict[tuple[int, int], list[Path]]:
+    """The committed runs, by column: each column's default workdir and its training-seed
+    workdirs beside it (``train_seed_<k>/``)."""
+    columns: dict[tuple[int, int], list[Path]] = {}
+    for metrics in sorted(_RESULTS.glob("*_*/**/metrics.json")):
+        config = json.loads(metrics.read_text())["config"]
+        columns.setdefault((config["complexes"], config["avg_size"]), []).append(metrics.parent)
+    return columns
+
+
+@pytest.mark.slow  # simulates each column's 2,000 test systems (~1 min at (3, 3), ~6 at (5, 5))
+@pytest.mark.parametrize("column", sorted(_committed_workdirs()), ids=lambda c: f"{c[0]}_{c[1]}")
+def test_committed_models_reproduce_the_committed_table(column, tmp_path):
+    """A fresh clone's ``--export test`` (simulated here) then ``--evaluate`` scores every
+    committed model of every seed as its metrics.json does: the runs were simulated, trained
+    and scored on a CPU, so the split's content hash must match and the scores agree to
+    float32 summation order."""
+    complexes_, avg_size = column
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    run = dict(env=env, capture_output=True, text=True, timeout=1200, check=True)
+    module = [sys.executable, "-m", "egnn_jax.experiments.complexes"]
+    size = ["--complexes", str(complexes_), "--avg-size", str(avg_size)]
+    path, data_dir = tmp_path / "test.npz", tmp_path / "data"
+    export = ["--export", "test", str(path), "--data-dir", str(data_dir)]
+    subprocess.run(module + size + export + ["--workdir", str(tmp_path)], **run)
+    hashes = {load_dataset(p).metadata["content_hash"] for p in data_dir.glob("*.npz")}
+    for workdir in _committed_workdirs()[column]:
+        metrics = json.loads((workdir / "metrics.json").read_text())
+        assert metrics["data"]["test"]["content_hash"] in hashes, workdir
+        done = subprocess.run(module + ["--workdir", str(workdir), "--evaluate", str(path)], **run)
+        scores = json.loads(done.stdout)
+        assert set(scores) == set(metrics["models"]), workdir
+        for name, score in scores.items():
+            want = metrics["models"][name]["test_mse"]
+            assert score == pytest.approx(want, rel=1e-5), (workdir, name)

@@ -13,7 +13,7 @@ seed_spread = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(seed_spread)
 
 
-def _write_run(workdir: Path, train_seed, test_mses: dict, *, data_hash="abc", lr=5e-4, epochs_done=300):
+def _write_run(workdir: Path, train_seed, test_mses, *, data_hash="abc", lr=5e-4, epochs_done=300):
     workdir.mkdir(parents=True, exist_ok=True)
     models = {
         name: {
@@ -27,7 +27,13 @@ def _write_run(workdir: Path, train_seed, test_mses: dict, *, data_hash="abc", l
     }
     metrics = {
         "experiment": "complexes",
-        "config": {"seed": 43, "train_seed": train_seed, "learning_rate": lr, "epochs": 1000, "models": list(models)},
+        "config": {
+            "seed": 43,
+            "train_seed": train_seed,
+            "learning_rate": lr,
+            "epochs": 1000,
+            "models": list(models),
+        },
         "data": {"train": {"content_hash": data_hash}, "test": {"content_hash": data_hash + "t"}},
         "models": models,
     }
@@ -46,7 +52,8 @@ def test_mean_and_sample_std_per_model(tmp_path):
     assert egnn["mean"] == pytest.approx(0.13)
     assert egnn["std"] == pytest.approx(statistics.stdev([0.12, 0.14, 0.13]))
     assert [r["partial"] for r in egnn["runs"]] == [False, False, False]
-    assert result["models"]["eghn"]["n"] == 2  # missing from one workdir: over the seeds that have it
+    # A model missing from one workdir is summarised over the seeds that have it.
+    assert result["models"]["eghn"]["n"] == 2
     assert "13.00 ± 1.00" in seed_spread.table(result)
 
 
