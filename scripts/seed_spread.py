@@ -7,8 +7,10 @@ Each argument is the workdir of one run of the same experiment on the same data,
 only in ``--train-seed`` (the initialisation and the shuffling). The script reads their
 ``metrics.json``, refuses to mix runs whose data (content hashes of every split) or settings
 other than the training seed differ, and reports per model the test MSE at the best
-validation epoch of each seed, their mean and sample standard deviation, and whether any
-seed's run stopped before its protocol's end (epochs reached, no early stop).
+validation epoch of each seed, their mean and sample standard deviation, and which seeds'
+runs were cut short: trained, not stopped early, and fewer epochs (steps) than the
+experiment's default config allows (a run finished with a smaller ``--epochs``, as the README
+does for partial rows, counts as cut short).
 
 Writes ``seeds.json`` (atomically) into the first workdir and prints a markdown table
 (x 1e-2). A model missing from some workdir is reported over the seeds that have it.
@@ -17,6 +19,7 @@ Writes ``seeds.json`` (atomically) into the first workdir and prints a markdown 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
 import sys
@@ -36,6 +39,25 @@ def _data_hashes(metrics: dict) -> dict:
 
 def _comparable_config(metrics: dict) -> dict:
     return {k: v for k, v in metrics["config"].items() if k not in _FREE_SETTINGS}
+
+
+def _protocol_length(metrics: dict) -> dict:
+    """``{"epochs_done": E, "steps_done": S}``: the most the experiment's default config
+    allows (its protocol), or this run's own settings for an unknown experiment."""
+    config = metrics["config"]
+    try:
+        module = importlib.import_module(f"egnn_jax.experiments.{metrics.get('experiment')}")
+        defaults = module.EXPERIMENT.Config()
+        config = {k: getattr(defaults, k, None) for k in ("epochs", "iterations")}
+    except (ImportError, AttributeError, TypeError):
+        pass
+    return {"epochs_done": config.get("epochs"), "steps_done": config.get("iterations")}
+
+
+def _cut_short(row: dict, length: dict) -> bool:
+    if row.get("stopped_early", True):
+        return False
+    return any(key in row and length[key] is not None and row[key] < length[key] for key in length)
 
 
 def _seed_of(metrics: dict):
@@ -81,7 +103,6 @@ def spread(workdirs: list[Path]) -> dict:
             row = metrics["models"].get(name)
             if row is None:
                 continue
-            trained = "epochs_done" in row or "steps_done" in row
             per_seed.append(
                 {
                     "workdir": str(workdir),
@@ -90,12 +111,7 @@ def spread(workdirs: list[Path]) -> dict:
                     "best_epoch": row.get("best_epoch"),
                     "epochs_done": row.get("epochs_done"),
                     "stopped_early": row.get("stopped_early"),
-                    # A trained row that neither stopped early nor ran all its epochs was cut short.
-                    "partial": bool(
-                        trained
-                        and not row.get("stopped_early")
-                        and row.get("epochs_done", 0) < metrics["config"].get("epochs", 0)
-                    ),
+                    "partial": _cut_short(row, _protocol_length(metrics)),
                 }
             )
         values = [r["test_mse"] for r in per_seed]

@@ -21,7 +21,7 @@ def _write_run(workdir: Path, train_seed, test_mses, *, data_hash="abc", lr=5e-4
             "published_test_mse": 0.1,
             "best_epoch": 100,
             "epochs_done": epochs_done,
-            "stopped_early": epochs_done < 1000,
+            "stopped_early": epochs_done < 10_000,
         }
         for name, mse in test_mses.items()
     }
@@ -31,7 +31,7 @@ def _write_run(workdir: Path, train_seed, test_mses, *, data_hash="abc", lr=5e-4
             "seed": 43,
             "train_seed": train_seed,
             "learning_rate": lr,
-            "epochs": 1000,
+            "epochs": 10_000,
             "models": list(models),
         },
         "data": {"train": {"content_hash": data_hash}, "test": {"content_hash": data_hash + "t"}},
@@ -44,7 +44,7 @@ def _write_run(workdir: Path, train_seed, test_mses, *, data_hash="abc", lr=5e-4
 def test_mean_and_sample_std_per_model(tmp_path):
     a = _write_run(tmp_path / "a", None, {"egnn": 0.12, "eghn": 0.11})
     b = _write_run(tmp_path / "b", 1, {"egnn": 0.14, "eghn": 0.10})
-    c = _write_run(tmp_path / "c", 2, {"egnn": 0.13}, epochs_done=1000)
+    c = _write_run(tmp_path / "c", 2, {"egnn": 0.13}, epochs_done=10_000)  # the protocol's end
     result = seed_spread.spread([a, b, c])
     assert result["train_seeds"] == [43, 1, 2]
     egnn = result["models"]["egnn"]
@@ -58,10 +58,13 @@ def test_mean_and_sample_std_per_model(tmp_path):
 
 
 def test_a_run_cut_short_is_flagged_partial(tmp_path):
+    """Finished with a smaller --epochs than the protocol's (complexes: 10,000), it still counts
+    as cut short."""
     a = _write_run(tmp_path / "a", 0, {"egnn": 0.12})
     b = _write_run(tmp_path / "b", 1, {"egnn": 0.14})
     metrics = json.loads((b / "metrics.json").read_text())
     metrics["models"]["egnn"]["stopped_early"] = False
+    metrics["config"]["epochs"] = 300
     (b / "metrics.json").write_text(json.dumps(metrics))
     result = seed_spread.spread([a, b])
     assert [r["partial"] for r in result["models"]["egnn"]["runs"]] == [False, True]
