@@ -90,6 +90,7 @@ def spread(workdirs: list[Path]) -> dict:
             differing = sorted(k for k in keys if ours.get(k) != theirs.get(k))
             raise ValueError(f"{workdir} differs from {reference_dir} in {differing}")
     seeds = [_seed_of(m) for _, m in runs]
+    lengths = [_protocol_length(m) for _, m in runs]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"two runs share a training seed: {seeds}")
 
@@ -99,7 +100,7 @@ def spread(workdirs: list[Path]) -> dict:
     models = {}
     for name in names:
         per_seed = []
-        for (workdir, metrics), seed in zip(runs, seeds, strict=True):
+        for (workdir, metrics), seed, length in zip(runs, seeds, lengths, strict=True):
             row = metrics["models"].get(name)
             if row is None:
                 continue
@@ -111,7 +112,7 @@ def spread(workdirs: list[Path]) -> dict:
                     "best_epoch": row.get("best_epoch"),
                     "epochs_done": row.get("epochs_done"),
                     "stopped_early": row.get("stopped_early"),
-                    "partial": _cut_short(row, _protocol_length(metrics)),
+                    "partial": _cut_short(row, length),
                 }
             )
         values = [r["test_mse"] for r in per_seed]
