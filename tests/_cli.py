@@ -15,6 +15,13 @@ def clean_env() -> dict[str, str]:
     return env
 
 
+def native_env() -> dict[str, str]:
+    """This environment on the CPU without the suite's XLA flags: the compilation a user's
+    command gets, for checks that must reproduce committed figures to the last bit
+    (optimisation level 0 fuses multiply-adds differently, and dynamics grow the last bits)."""
+    return {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+
+
 def run_module(module: str, *args, check: bool = False, timeout: int = 600):
     """``python -m module args...``: the completed process, with text stdout and stderr."""
     return subprocess.run(

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from _cli import run_module
+from _cli import native_env, run_module
 
 from egnn_jax.experiments import complexes
 from egnn_jax.experiments._models import ModelSpec
@@ -144,7 +143,7 @@ def _committed_workdirs() -> dict[tuple[int, int], list[Path]]:
     return columns
 
 
-@pytest.mark.slow  # simulates each column's 2,000 test systems (~1 min at (3, 3), ~6 at (5, 5))
+@pytest.mark.slow  # simulates each column's 2,000 test systems (both columns: ~5 min)
 @pytest.mark.parametrize("column", sorted(_committed_workdirs()), ids=lambda c: f"{c[0]}_{c[1]}")
 def test_committed_models_reproduce_the_committed_table(column, tmp_path):
     """A fresh clone's ``--export test`` (simulated here) then ``--evaluate`` scores every
@@ -152,7 +151,7 @@ def test_committed_models_reproduce_the_committed_table(column, tmp_path):
     and scored on a CPU, so the split's content hash must match and the scores agree to
     float32 summation order."""
     complexes_, avg_size = column
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    env = native_env()
     run = dict(env=env, capture_output=True, text=True, timeout=1200, check=True)
     module = [sys.executable, "-m", "egnn_jax.experiments.complexes"]
     size = ["--complexes", str(complexes_), "--avg-size", str(avg_size)]

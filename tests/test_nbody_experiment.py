@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _cli import native_env
 
 from egnn_jax.experiments import FingerprintMismatchError, RunExistsError, nbody_charged
 from egnn_jax.experiments._experiment import batch_hash
@@ -208,7 +208,7 @@ def test_committed_models_reproduce_the_committed_table(workdir, sampler, seed, 
     path = tmp_path / "test.npz"
     # In a process of its own: the suite's XLA flags (optimisation level 0, for faster
     # compiles) fuse multiply-adds differently, and the dynamics amplify the last bits.
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    env = native_env()
     subprocess.run(
         [
             sys.executable,

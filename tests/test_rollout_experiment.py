@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _cli import run_module
+from _cli import native_env, run_module
 
 from egnn_jax.dynamics import State
 from egnn_jax.experiments import rollout
@@ -369,7 +368,7 @@ def test_committed_charged_models_reproduce_the_committed_table(tmp_path):
     # Simulated and scored in processes of their own, without the suite's XLA flags
     # (optimisation level 0 fuses multiply-adds differently, and both the simulator and a
     # rollout grow the last bits).
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    env = native_env()
     simulate = (
         "import sys, numpy as np; from egnn_jax import sim; "
         f"ds = sim.charged_split(sys.argv[1], 'test', n_train=10_000, n_valid={cfg.n_valid}, "
