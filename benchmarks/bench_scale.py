@@ -9,6 +9,8 @@ squares of both outputs; one case is `jax.value_and_grad` of it, jitted.
 Cases, timed round-robin in one process at each size (`_common.time_interleaved`):
 - ``jax``: `egnn_jax.apply` on the edge list;
 - ``jax_remat``: the same with `EGNNConfig(remat=True)` (each layer recomputed backward);
+- ``jax_chunked``: the same with `EGNNConfig(edge_chunk_size=C)` (``--edge-chunk-size``,
+  8192): each layer's messages in chunks of C edges, recomputed backward chunk by chunk;
 - ``fastegnn``: `egnn_jax.fastegnn.apply` (3 virtual nodes, same width and depth) on the
   same edge list; FastEGNN takes no periodic box, so its relative vectors are plain
   differences (one elementwise op per edge less than the EGNN cases);
@@ -26,7 +28,7 @@ program's buffers (`compiled.memory_analysis()`: temporaries, i.e. the activatio
 for the backward pass).
 
     python benchmarks/bench_scale.py [--sizes 1000 10000 100000] [--repeats 5]
-        [--reference egnn_clean.py] [--torch-max-nodes 100000]
+        [--reference egnn_clean.py] [--torch-max-nodes 100000] [--edge-chunk-size 8192]
 """
 
 from __future__ import annotations
@@ -70,8 +72,10 @@ def fluid(n: int, seed: int = 0):
     return x, side, senders, receivers, seconds
 
 
-def jax_case(x, side, senders, receivers, remat: bool):
-    config = egnn_jax.EGNNConfig(HIDDEN, LAYERS, out_features=1, remat=remat)
+def jax_case(x, side, senders, receivers, remat: bool, edge_chunk_size: int | None = None):
+    config = egnn_jax.EGNNConfig(
+        HIDDEN, LAYERS, out_features=1, remat=remat, edge_chunk_size=edge_chunk_size
+    )
     h = jnp.ones((x.shape[0], 1), jnp.float32)
     x = jnp.asarray(x)
     s, r = jnp.asarray(senders), jnp.asarray(receivers)
@@ -139,7 +143,9 @@ def fastegnn_case(x, senders, receivers):
     return (lambda: jax.block_until_ready(compiled(*args))), stats
 
 
-def make_case(name, x, side, senders, receivers, reference):
+def make_case(name, x, side, senders, receivers, reference, edge_chunk_size=8192):
+    if name == "jax_chunked":
+        return jax_case(x, side, senders, receivers, remat=False, edge_chunk_size=edge_chunk_size)
     if name == "fastegnn":
         return fastegnn_case(x, senders, receivers)
     if name == "jax":
@@ -162,20 +168,21 @@ def current_rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def measure_memory(name, graph_file: Path, reference) -> dict:
+def measure_memory(name, graph_file: Path, reference, edge_chunk_size: int) -> dict:
     """In this (fresh) process: one call of case `name` on the saved graph; the peak memory.
 
     The graph is read from a file so that the radius search's memory is not counted."""
     with np.load(graph_file) as f:
         x, side, senders, receivers = f["x"], float(f["side"]), f["senders"], f["receivers"]
     before = current_rss_mib()
-    fn, stats = make_case(name, x, side, senders, receivers, reference)
+    fn, stats = make_case(name, x, side, senders, receivers, reference, edge_chunk_size)
     fn()
     return {"peak_rss_mib": peak_rss_mib(), "rss_before_model_mib": before, **stats}
 
 
-def memory_in_child(name, graph_file, reference, timeout, malloc) -> dict:
+def memory_in_child(name, graph_file, reference, timeout, malloc, edge_chunk_size) -> dict:
     cmd = [sys.executable, __file__, "--child", name, str(graph_file), "--malloc", malloc]
+    cmd += ["--edge-chunk-size", str(edge_chunk_size)]
     if reference is not None:
         cmd += ["--reference", str(reference)]
     try:
@@ -210,8 +217,15 @@ def main(argv=None):
     parser.add_argument(
         "--cases",
         nargs="+",
-        default=["jax", "jax_remat", "torch_reference"],
-        help="which cases (jax, jax_remat, fastegnn, torch_reference); jax_remat always runs",
+        default=["jax", "jax_remat", "jax_chunked", "torch_reference"],
+        help="which cases (jax, jax_remat, jax_chunked, fastegnn, torch_reference); "
+        "jax_remat always runs",
+    )
+    parser.add_argument(
+        "--edge-chunk-size",
+        type=int,
+        default=8192,
+        help="EGNNConfig.edge_chunk_size of the jax_chunked case (8192)",
     )
     parser.add_argument(
         "--output", default="scale", help="benchmarks/results/<OUTPUT>.json (scale)"
@@ -231,7 +245,7 @@ def main(argv=None):
 
     if args.child:
         name, graph_file = args.child[0], Path(args.child[1])
-        print(json.dumps(measure_memory(name, graph_file, args.reference)))
+        print(json.dumps(measure_memory(name, graph_file, args.reference, args.edge_chunk_size)))
         return
 
     torch_ok = args.reference is not None and importlib.util.find_spec("torch") is not None
@@ -247,13 +261,17 @@ def main(argv=None):
         names = ["jax_remat"]
         if n <= args.plain_max_nodes and "jax" in args.cases:
             names.insert(0, "jax")
+        if "jax_chunked" in args.cases:
+            names.append("jax_chunked")
         if n <= args.plain_max_nodes and "fastegnn" in args.cases:
             names.append("fastegnn")
         if torch_ok and n <= args.torch_max_nodes and "torch_reference" in args.cases:
             names.append("torch_reference")
         cases, stats = {}, {}
         for name in names:
-            cases[name], stats[name] = make_case(name, x, side, senders, receivers, args.reference)
+            cases[name], stats[name] = make_case(
+                name, x, side, senders, receivers, args.reference, args.edge_chunk_size
+            )
         if "jax" not in names:  # compile only: what the stored activations would take
             _, stats["jax"] = make_case("jax", x, side, senders, receivers, None)
             stats["jax"]["not_run"] = f"above --plain-max-nodes {args.plain_max_nodes}"
@@ -271,12 +289,25 @@ def main(argv=None):
             np.savez(graph_file, x=x, side=side, senders=senders, receivers=receivers)
             for name in names:
                 memory = memory_in_child(
-                    name, graph_file, args.reference, args.memory_timeout, args.malloc
+                    name,
+                    graph_file,
+                    args.reference,
+                    args.memory_timeout,
+                    args.malloc,
+                    args.edge_chunk_size,
                 )
                 row["cases"][name] = timing[name] | stats[name] | memory
         if "torch_reference" in timing:
             row["jax_over_torch"] = (
                 timing["jax"]["median_ms"] / timing["torch_reference"]["median_ms"]
+            )
+        if "torch_reference" in timing and "jax_chunked" in timing:
+            row["chunked_over_torch"] = (
+                timing["jax_chunked"]["median_ms"] / timing["torch_reference"]["median_ms"]
+            )
+        if "jax_chunked" in timing:
+            row["chunked_over_remat_time"] = (
+                timing["jax_chunked"]["median_ms"] / timing["jax_remat"]["median_ms"]
             )
         if "fastegnn" in timing and "jax" in timing:
             row["fastegnn_over_jax"] = timing["fastegnn"]["median_ms"] / timing["jax"]["median_ms"]
@@ -288,6 +319,9 @@ def main(argv=None):
             row["cases"]["jax"] = stats["jax"]
         plain, remat = row["cases"]["jax"], row["cases"]["jax_remat"]
         row["remat_temp_saving"] = 1 - remat["xla_temp_bytes"] / plain["xla_temp_bytes"]
+        if "jax_chunked" in row["cases"]:
+            chunked = row["cases"]["jax_chunked"]
+            row["chunked_temp_saving"] = 1 - chunked["xla_temp_bytes"] / plain["xla_temp_bytes"]
         results[str(n)] = row
         line = "  ".join(
             f"{k} {v['median_ms'] / 1e3:.3f} s, {v.get('peak_rss_mib', float('nan')):.0f} MiB"
@@ -301,6 +335,7 @@ def main(argv=None):
             "graph": "random periodic fluid, density 1, cell-list radius graph",
             "cutoff": CUTOFF,
             "model": f"EGNN {LAYERS} layers, hidden {HIDDEN}, 1 in / 1 out feature, float32",
+            "edge_chunk_size": args.edge_chunk_size,
             "step": "value_and_grad of sum(h_out^2) + sum(x_out^2)",
             "reference": None if args.reference is None else args.reference.name,
             "malloc": args.malloc,

@@ -29,6 +29,11 @@ def _validate(
     graph = _validate_graph(
         h, x, v, edge_attr, node_mask, senders, receivers, velocity=config.velocity
     )
+    if config.edge_chunk_size is not None and not isinstance(graph, SparseGraph):
+        raise ValueError(
+            "EGNNConfig.edge_chunk_size chunks an edge list (senders, receivers); a dense "
+            "graph has none: batch dense graphs with vmap, or pass the graph as an edge list"
+        )
     if box is not None:
         box = jnp.asarray(box, x.dtype)
         if box.shape not in ((), (x.shape[1],)):

@@ -111,76 +111,88 @@ class EGCL(nn.Module):
         cfg = self.config
         width = cfg.hidden_features
         act = nn.silu
+        dtype = h.dtype
 
-        def dense(features, name):  # every such layer reads a width-`width` input
-            return _linear(features, width, h.dtype, name)
+        def weights(features, name, in_features=width, **kwargs):
+            return DenseParams(in_features, features, name=name, **kwargs)(dtype)
 
+        # Parameters are declared up front (named as `nn.Dense` layers would be) because the
+        # per-edge part below is a pure function that the graph may run chunk by chunk
+        # inside a `lax.scan`, where Flax submodules cannot be called.
         f = h.shape[-1]
         a = 0 if edge_attr is None else edge_attr.shape[-1]
-        diff = graph.diff(x)
-        d2 = jnp.sum(diff * diff, axis=-1)
+        k_edge, b_edge = weights(width, "edge_in", 2 * f + 1 + a)
+        k_node, b_node = weights(width, "node_hidden", f + width)
+        if cfg.velocity:
+            k_vel, b_vel = weights(width, "vel_hidden", f)
+        k_msg, b_msg = weights(width, "edge_out")
+        if cfg.attention:
+            k_att, b_att = weights(1, "attention")
+        k_coord_hidden, b_coord_hidden = weights(width, "coord_hidden")
+        k_coord, _ = weights(
+            1, "coord_out", use_bias=False, kernel_init=_xavier_uniform(cfg.coords_weight_gain)
+        )
+        if cfg.velocity:
+            k_vout, b_vout = weights(1, "vel_out")
+        if cfg.edge_inference:
+            k_inf, b_inf = weights(1, "edge_inference")
+        k_out, b_out = weights(f, "node_out")
 
         # Every linear map of the layer input h, in one matrix product: the h_i and h_j parts
         # of phi_e's first layer (linear in [h_i, h_j, d2, a_ij], so they are projected once
         # per node and paired per edge, O(N F H) instead of O(E F H)), phi_v's first layer and
         # the h part of phi_h's first layer. Fewer, larger products matter on small graphs.
-        k_edge, b_edge = DenseParams(2 * f + 1 + a, width, name="edge_in")(h.dtype)
-        k_node, b_node = DenseParams(f + width, width, name="node_hidden")(h.dtype)
         blocks = [k_edge[:f], k_edge[f : 2 * f], k_node[:f]]
         if cfg.velocity:
-            k_vel, b_vel = DenseParams(f, width, name="vel_hidden")(h.dtype)
             blocks.append(k_vel)
         projected = jnp.split(h @ jnp.concatenate(blocks, axis=1), len(blocks), axis=1)
 
-        # phi_e: message m_ij.
-        m = graph.pair(projected[0], projected[1])
-        m = m + d2[..., None] * _row(k_edge[2 * f], m.ndim) + _row(b_edge, m.ndim)
-        if edge_attr is not None:
-            m = m + edge_attr @ k_edge[2 * f + 1 :]
-        m = act(m)
-        m = act(dense(width, name="edge_out")(m))
-        if cfg.attention:
-            m = m * nn.sigmoid(dense(1, name="attention")(m))
+        def messages(pair, diff, edge_attr):
+            """Per edge: the message m_ij seen by phi_h and the coordinate update."""
+            d2 = jnp.sum(diff * diff, axis=-1)
+            # phi_e: message m_ij.
+            m = pair + d2[..., None] * _row(k_edge[2 * f], pair.ndim) + _row(b_edge, pair.ndim)
+            if edge_attr is not None:
+                m = m + edge_attr @ k_edge[2 * f + 1 :]
+            m = act(m)
+            m = act(m @ k_msg + _row(b_msg, m.ndim))
+            if cfg.attention:
+                m = m * nn.sigmoid(m @ k_att + _row(b_att, m.ndim))
 
-        # phi_x: coordinate weights; tiny last layer so that training starts stable.
-        w = act(dense(width, name="coord_hidden")(m))
-        k_coord, _ = DenseParams(
-            width,
-            1,
-            use_bias=False,
-            kernel_init=_xavier_uniform(cfg.coords_weight_gain),
-            name="coord_out",
-        )(h.dtype)
-        w = w @ k_coord
-        if cfg.tanh:
-            w = jnp.tanh(w) * cfg.coords_range
-        form = cfg.normalize_form
-        if form == "clean":
-            # Unit directions with the norm detached (reference egnn_clean); eps keeps
-            # coincident nodes at a zero update instead of 0/0.
-            diff = diff / (jax.lax.stop_gradient(_safe_norm(d2))[..., None] + 1e-8)
-        elif form == "nbody":
-            diff = diff / (_safe_norm(d2)[..., None] + 1.0)
-        trans = diff * w
-        if cfg.coords_clamp is not None:
-            trans = jnp.clip(trans, -cfg.coords_clamp, cfg.coords_clamp)
-        shift = graph.aggregate(trans)
+            # phi_x: coordinate weights; tiny last layer so that training starts stable.
+            w = act(m @ k_coord_hidden + _row(b_coord_hidden, m.ndim)) @ k_coord
+            if cfg.tanh:
+                w = jnp.tanh(w) * cfg.coords_range
+            form = cfg.normalize_form
+            if form == "clean":
+                # Unit directions with the norm detached (reference egnn_clean); eps keeps
+                # coincident nodes at a zero update instead of 0/0.
+                diff = diff / (jax.lax.stop_gradient(_safe_norm(d2))[..., None] + 1e-8)
+            elif form == "nbody":
+                diff = diff / (_safe_norm(d2)[..., None] + 1.0)
+            trans = diff * w
+            if cfg.coords_clamp is not None:
+                trans = jnp.clip(trans, -cfg.coords_clamp, cfg.coords_clamp)
+
+            if cfg.edge_inference:
+                m = m * nn.sigmoid(m @ k_inf + _row(b_inf, m.ndim))
+            return m, trans
+
+        m_i, shift = graph.aggregate_messages(
+            messages, projected[0], projected[1], x, edge_attr, chunk_size=cfg.edge_chunk_size
+        )
         if cfg.coords_agg == "mean":
             shift = shift * graph.inv_degree(x.dtype)[:, None]
 
         if cfg.velocity:
-            k_vout, b_vout = DenseParams(width, 1, name="vel_out")(h.dtype)
             phi_v = act(projected[3] + _row(b_vel, 2)) @ k_vout + _row(b_vout, 2)
             x = x + phi_v * v + shift
         else:
             x = x + shift
 
         # phi_h: node update from the (optionally edge-inferred) aggregated message.
-        if cfg.edge_inference:
-            m = m * nn.sigmoid(dense(1, name="edge_inference")(m))
-        m_i = graph.aggregate(m)
         out = act(projected[2] + m_i @ k_node[f:] + _row(b_node, 2))
-        out = dense(h.shape[-1], name="node_out")(out)
+        out = out @ k_out + _row(b_out, 2)
         h = h + out if cfg.residual else out
         return h, x
 
