@@ -432,8 +432,10 @@ def test_rematerialised_layers_compute_the_same_values_and_gradients(sparse):
             np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("edge_chunk_size", [1, 7, 64, 10_000])  # 10,000: more than E
-@pytest.mark.parametrize("remat", [False, True])
+@pytest.mark.parametrize(
+    "edge_chunk_size, remat",
+    [(1, False), (7, False), (64, False), (10_000, False), (7, True)],  # 10,000: more than E
+)
 def test_edge_chunks_compute_the_same_values_and_gradients(edge_chunk_size, remat):
     """`EGNNConfig(edge_chunk_size=C)` only reorders the sums: values and gradients (of the
     parameters, positions, features and edge attributes) equal the one-pass layer's, with a
