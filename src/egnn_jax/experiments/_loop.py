@@ -80,6 +80,9 @@ class TrainResult(NamedTuple):
         final_state: the :class:`TrainState` after the last step.
         devices: the devices and mesh the run used (`DataParallel.describe`), or None
             when it ran on the default device alone.
+        earlier_wall_seconds: training seconds recorded by the run's earlier sessions (the
+            resumed checkpoint's clock; 0 for a fresh run), so the run's total is this plus
+            ``wall_seconds``.
     """
 
     params: PyTree
@@ -93,6 +96,7 @@ class TrainResult(NamedTuple):
     resumed: bool
     final_state: TrainState
     devices: dict | None = None
+    earlier_wall_seconds: float = 0.0
 
 
 class TrainingDiverged(RuntimeError):
@@ -518,4 +522,5 @@ def train(
         resumed=resumed,
         final_state=state,
         devices=None if layout is None else layout.describe(),
+        earlier_wall_seconds=wall_offset,
     )
