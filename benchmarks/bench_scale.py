@@ -12,8 +12,9 @@ Cases, timed round-robin in one process at each size (`_common.time_interleaved`
 - ``jax_chunked``: the same with `EGNNConfig(edge_chunk_size=C)` (``--edge-chunk-size``,
   8192): each layer's messages in chunks of C edges, recomputed backward chunk by chunk;
 - ``fastegnn``: `egnn_jax.fastegnn.apply` (3 virtual nodes, same width and depth) on the
-  same edge list; FastEGNN takes no periodic box, so its relative vectors are plain
-  differences (one elementwise op per edge less than the EGNN cases);
+  same edge list, and ``fastegnn_chunked``, the same with `edge_chunk_size=C`; FastEGNN
+  takes no periodic box, so its relative vectors are plain differences (one elementwise op
+  per edge less than the EGNN cases);
 - ``torch_reference``: the authors' PyTorch `EGNN` of `models/egnn_clean/egnn_clean.py`
   (github.com/vgsatorras/egnn), loaded from ``--reference FILE`` (not shipped here), with
   the same edge list as ``edge_index = [receivers, senders]``, forward and ``backward()``.
@@ -124,9 +125,9 @@ def torch_case(x, senders, receivers, reference: Path):
     return run, {}
 
 
-def fastegnn_case(x, senders, receivers):
+def fastegnn_case(x, senders, receivers, edge_chunk_size: int | None = None):
     config = egnn_jax.FastEGNNConfig(HIDDEN, LAYERS, virtual_channels=3, velocity=False)
-    config = dataclasses.replace(config, out_features=1)
+    config = dataclasses.replace(config, out_features=1, edge_chunk_size=edge_chunk_size)
     h = jnp.ones((x.shape[0], 1), jnp.float32)
     x = jnp.asarray(x)
     s, r = jnp.asarray(senders), jnp.asarray(receivers)
@@ -148,6 +149,8 @@ def make_case(name, x, side, senders, receivers, reference, edge_chunk_size=8192
         return jax_case(x, side, senders, receivers, remat=False, edge_chunk_size=edge_chunk_size)
     if name == "fastegnn":
         return fastegnn_case(x, senders, receivers)
+    if name == "fastegnn_chunked":
+        return fastegnn_case(x, senders, receivers, edge_chunk_size)
     if name == "jax":
         return jax_case(x, side, senders, receivers, remat=False)
     if name == "jax_remat":
@@ -218,8 +221,8 @@ def main(argv=None):
         "--cases",
         nargs="+",
         default=["jax", "jax_remat", "jax_chunked", "torch_reference"],
-        help="which cases (jax, jax_remat, jax_chunked, fastegnn, torch_reference); "
-        "jax_remat always runs",
+        help="which cases (jax, jax_remat, jax_chunked, fastegnn, fastegnn_chunked, "
+        "torch_reference); jax_remat always runs",
     )
     parser.add_argument(
         "--edge-chunk-size",
@@ -265,6 +268,8 @@ def main(argv=None):
             names.append("jax_chunked")
         if n <= args.plain_max_nodes and "fastegnn" in args.cases:
             names.append("fastegnn")
+        if "fastegnn_chunked" in args.cases:
+            names.append("fastegnn_chunked")
         if torch_ok and n <= args.torch_max_nodes and "torch_reference" in args.cases:
             names.append("torch_reference")
         cases, stats = {}, {}
@@ -274,7 +279,11 @@ def main(argv=None):
             )
         if "jax" not in names:  # compile only: what the stored activations would take
             _, stats["jax"] = make_case("jax", x, side, senders, receivers, None)
-            stats["jax"]["not_run"] = f"above --plain-max-nodes {args.plain_max_nodes}"
+            stats["jax"]["not_run"] = (
+                "not in --cases"
+                if n <= args.plain_max_nodes
+                else f"above --plain-max-nodes {args.plain_max_nodes}"
+            )
         timing = time_interleaved(cases, args.repeats, warmup=1)
         row = {
             "nodes": n,
@@ -308,6 +317,10 @@ def main(argv=None):
         if "jax_chunked" in timing:
             row["chunked_over_remat_time"] = (
                 timing["jax_chunked"]["median_ms"] / timing["jax_remat"]["median_ms"]
+            )
+        if "fastegnn_chunked" in timing and "jax_chunked" in timing:
+            row["fastegnn_chunked_over_jax_chunked"] = (
+                timing["fastegnn_chunked"]["median_ms"] / timing["jax_chunked"]["median_ms"]
             )
         if "fastegnn" in timing and "jax" in timing:
             row["fastegnn_over_jax"] = timing["fastegnn"]["median_ms"] / timing["jax"]["median_ms"]

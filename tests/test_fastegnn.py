@@ -128,6 +128,32 @@ def test_dense_equals_sparse_complete_graph():
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("edge_chunk_size", [5, 1000])  # 5: 8 chunks of 36 edges, padded
+def test_edge_chunks_compute_the_same_values_and_gradients(edge_chunk_size):
+    """`FastEGNNConfig(edge_chunk_size=C)` reorders the real-real sums only (float64)."""
+    config = dataclasses.replace(CONFIG, attention=True, normalize=True, tanh=True)
+    chunked = dataclasses.replace(config, edge_chunk_size=edge_chunk_size)
+    h, x, v, a, _ = _system(jnp.float64)
+    e = egnn_jax.shortest_edges(x, 0.5)  # the shortest half of the complete graph's edges
+    attr = a[e.receivers, e.senders]
+    kw = dict(senders=e.senders, receivers=e.receivers, edge_mask=e.edge_mask)
+    params = egnn_jax.fastegnn.init(jax.random.key(0), config, h, x, v, attr, **kw)
+
+    def loss(p, x, attr, c):
+        out = egnn_jax.fastegnn.apply(p, c, h, x, v, attr, **kw)
+        return jnp.sum(out.h**2) + jnp.sum(jnp.sin(out.x)) + jnp.sum(out.virtual_x**2)
+
+    grad = jax.value_and_grad(loss, argnums=(0, 1, 2))
+    (l1, g1), (l2, g2) = (grad(params, x, attr, c) for c in (config, chunked))
+    np.testing.assert_allclose(l2, l1, rtol=1e-12)
+    for want, got in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="dense graph"):
+        egnn_jax.fastegnn.apply(params, chunked, h, x, v, a)
+    with pytest.raises(ValueError, match="edge_chunk_size"):
+        dataclasses.replace(CONFIG, edge_chunk_size=0)
+
+
 @pytest.mark.parametrize("sparse", [False, True])
 def test_padding_nodes_change_nothing(sparse):
     dtype = jnp.float64

@@ -6,6 +6,11 @@ import dataclasses
 from typing import Literal
 
 
+def _check_edge_chunk_size(value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"edge_chunk_size must be None or an int >= 1, got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class EGNNConfig:
     """Hyper-parameters of an EGNN stack (hashable, so it can be a static `jax.jit` argument).
@@ -84,14 +89,7 @@ class EGNNConfig:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers}")
         if self.out_features is not None and self.out_features < 1:
             raise ValueError(f"out_features must be None or >= 1, got {self.out_features}")
-        if self.edge_chunk_size is not None and (
-            isinstance(self.edge_chunk_size, bool)
-            or not isinstance(self.edge_chunk_size, int)
-            or self.edge_chunk_size < 1
-        ):
-            raise ValueError(
-                f"edge_chunk_size must be None or an int >= 1, got {self.edge_chunk_size!r}"
-            )
+        _check_edge_chunk_size(self.edge_chunk_size)
         if self.coords_agg not in ("mean", "sum"):
             raise ValueError(f"coords_agg must be 'mean' or 'sum', got {self.coords_agg!r}")
         if self.normalize not in (False, True, "clean", "nbody"):
@@ -234,6 +232,8 @@ class FastEGNNConfig:
         normalize: real-real coordinate updates use unit directions (norm detached).
         tanh: bound the three coordinate MLPs' outputs with tanh.
         residual: h <- h + phi_h(...) and S <- S + phi_hv(...) (reference: True).
+        edge_chunk_size: as `EGNNConfig.edge_chunk_size`, for the real-real edges of an edge
+            list (the real-virtual messages are per node, `[N, C, H]`, and never chunked).
     """
 
     hidden_features: int = 64
@@ -246,8 +246,10 @@ class FastEGNNConfig:
     normalize: bool = False
     tanh: bool = False
     residual: bool = True
+    edge_chunk_size: int | None = None
 
     def __post_init__(self):
+        _check_edge_chunk_size(self.edge_chunk_size)
         for name in ("hidden_features", "num_layers", "virtual_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -102,17 +102,40 @@ class FastEGCL(nn.Module):
         c = virtual_x.shape[0]
         a = 0 if edge_attr is None else edge_attr.shape[-1]
 
-        # Real-real messages phi_e (EGNN's, with h_i and h_j projected once per node).
-        diff = graph.diff(x)
-        d2 = jnp.sum(diff * diff, axis=-1)
+        # Real-real messages phi_e (EGNN's, with h_i and h_j projected once per node), as a
+        # pure per-edge function that the graph may run chunk by chunk (`edge_chunk_size`);
+        # hence its parameters are declared here, named as `nn.Dense` layers would be.
         k_edge, b_edge = DenseParams(2 * f + 1 + a, width, name="edge_in")(dtype)
-        m = graph.pair(h @ k_edge[:f], h @ k_edge[f : 2 * f])
-        m = m + d2[..., None] * _row(k_edge[2 * f], m.ndim) + _row(b_edge, m.ndim)
-        if edge_attr is not None:
-            m = m + edge_attr @ k_edge[2 * f + 1 :]
-        m = act(dense(width, name="edge_out")(act(m)))
+        k_msg, b_msg = DenseParams(width, width, name="edge_out")(dtype)
         if cfg.attention:
-            m = m * nn.sigmoid(dense(1, name="attention")(m))
+            k_att, b_att = DenseParams(width, 1, name="attention")(dtype)
+        k_coord_hidden, b_coord_hidden = DenseParams(width, width, name="coord_hidden")(dtype)
+        k_coord, _ = DenseParams(
+            width, 1, use_bias=False, kernel_init=_xavier_uniform(0.001), name="coord_out"
+        )(dtype)
+
+        def messages(pair, diff, edge_attr):
+            """Per edge: the message m_ij and the coordinate update (x_i - x_j) phi_x(m_ij)."""
+            d2 = jnp.sum(diff * diff, axis=-1)
+            m = pair + d2[..., None] * _row(k_edge[2 * f], pair.ndim) + _row(b_edge, pair.ndim)
+            if edge_attr is not None:
+                m = m + edge_attr @ k_edge[2 * f + 1 :]
+            m = act(act(m) @ k_msg + _row(b_msg, m.ndim))
+            if cfg.attention:
+                m = m * nn.sigmoid(m @ k_att + _row(b_att, m.ndim))
+            if cfg.normalize:
+                diff = diff / (jax.lax.stop_gradient(_safe_norm(d2))[..., None] + 1e-8)
+            w = act(m @ k_coord_hidden + _row(b_coord_hidden, m.ndim)) @ k_coord
+            return m, diff * (jnp.tanh(w) if cfg.tanh else w)
+
+        m_sum, shift = graph.aggregate_messages(
+            messages,
+            h @ k_edge[:f],
+            h @ k_edge[f : 2 * f],
+            x,
+            edge_attr,
+            chunk_size=cfg.edge_chunk_size,
+        )
 
         # Real-virtual messages phi_ev, from h_i, s_c, |z_c - x_i| and the Gram row G_c.
         to_virtual = virtual_x[None, :, :] - x[:, None, :]  # [M, C, n]: z_c - x_i
@@ -129,10 +152,7 @@ class FastEGCL(nn.Module):
             mv = mv * nn.sigmoid(dense(1, name="virtual_attention")(mv))
 
         # Coordinates of the real nodes.
-        if cfg.normalize:
-            diff = diff / (jax.lax.stop_gradient(_safe_norm(d2))[..., None] + 1e-8)
         inv_degree = graph.inv_degree(dtype)[:, None]  # both mean aggregations use it
-        shift = graph.aggregate(diff * coord_mlp(m, "coord"))
         if cfg.coords_agg == "mean":
             shift = shift * inv_degree
         pull = jnp.mean(-to_virtual * coord_mlp(mv, "virtual_coord"), axis=1)  # [M, n]
@@ -149,7 +169,7 @@ class FastEGCL(nn.Module):
         )
 
         # Features: real nodes see the mean real message and every virtual message in order.
-        m_i = graph.aggregate(m) * inv_degree
+        m_i = m_sum * inv_degree
         node_in = jnp.concatenate([h, m_i, mv.reshape(mv.shape[0], c * width)], axis=-1)
         out = _linear(width, node_in.shape[-1], dtype, "node_hidden")(node_in)
         out = _linear(f, width, dtype, "node_out")(act(out))

@@ -63,6 +63,11 @@ def _validate(config, h, x, v, edge_attr, node_mask, senders, receivers, edge_ma
     )
     graph = _with_edge_mask(graph, edge_mask)
     if isinstance(graph, DenseGraph):
+        if config.edge_chunk_size is not None:
+            raise ValueError(
+                "FastEGNNConfig.edge_chunk_size chunks an edge list (senders, receivers); a "
+                "dense graph has none: batch dense graphs with vmap, or pass an edge list"
+            )
         return graph, graph.node_mask
     # The virtual nodes talk to every node, so a sparse graph's padding needs a mask too.
     return graph, _checked_node_mask(node_mask, h.shape[0])
