@@ -347,7 +347,9 @@ def main(argv=None):
         "setting": {
             "graph": "random periodic fluid, density 1, cell-list radius graph",
             "cutoff": CUTOFF,
-            "model": f"EGNN {LAYERS} layers, hidden {HIDDEN}, 1 in / 1 out feature, float32",
+            "model": f"EGNN {LAYERS} layers, hidden {HIDDEN}, 1 in / 1 out feature, float32 "
+            "(the fastegnn cases: FastEGNN, 3 virtual nodes, same width and depth)",
+            "cases": sorted({"jax_remat", *args.cases}),
             "edge_chunk_size": args.edge_chunk_size,
             "step": "value_and_grad of sum(h_out^2) + sum(x_out^2)",
             "reference": None if args.reference is None else args.reference.name,

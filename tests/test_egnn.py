@@ -157,7 +157,7 @@ def test_equivariance_dense(n, dtype, name, strict_dtypes):
 
 @pytest.mark.parametrize("n", [2, 3, 5])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("edge_chunk_size", [None, 3])  # 3: four chunks of 10 edges, padded
+@pytest.mark.parametrize("edge_chunk_size", [None, 3])  # 3: 10 edges in 4 chunks, 2 padding
 def test_equivariance_sparse(n, dtype, edge_chunk_size, strict_dtypes):
     cfg = dataclasses.replace(CONFIGS["options"], edge_chunk_size=edge_chunk_size)
     with jax.enable_x64(dtype == "float64"):
@@ -432,14 +432,25 @@ def test_rematerialised_layers_compute_the_same_values_and_gradients(sparse):
             np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
 
 
+_BOUNDED = dict(tanh=True, coords_range=2.0, coords_clamp=0.05, normalize="clean")
+
+
 @pytest.mark.parametrize(
-    "edge_chunk_size, remat",
-    [(1, False), (7, False), (64, False), (10_000, False), (7, True)],  # 10,000: more than E
+    "edge_chunk_size, remat, options",
+    [
+        (1, False, {}),
+        (7, False, {}),
+        (64, False, _BOUNDED),
+        (399, False, {}),  # two chunks of 200 (E = 400); 400 is the one-pass path
+        (7, True, {}),
+    ],
 )
-def test_edge_chunks_compute_the_same_values_and_gradients(edge_chunk_size, remat):
+def test_edge_chunks_compute_the_same_values_and_gradients(edge_chunk_size, remat, options):
     """`EGNNConfig(edge_chunk_size=C)` only reorders the sums: values and gradients (of the
     parameters, positions, features and edge attributes) equal the one-pass layer's, with a
-    periodic box, masked filler edges, edge attributes and every per-edge option on."""
+    periodic box, masked filler edges, edge attributes and the per-edge options on (attention
+    and edge inference; then either the `"nbody"` normalisation or the bounded updates:
+    tanh, the clamp, active on some edges, and `"clean"` unit directions)."""
     side = 3.0
     with jax.enable_x64(True):
         k1, k2, k3 = jax.random.split(jax.random.key(6), 3)
@@ -455,9 +466,9 @@ def test_edge_chunks_compute_the_same_values_and_gradients(edge_chunk_size, rema
             velocity=True,
             attention=True,
             edge_inference=True,
-            normalize="nbody",
             coords_weight_gain=1.0,
             remat=remat,
+            **({"normalize": "nbody"} | options),
         )
         chunked = dataclasses.replace(config, edge_chunk_size=edge_chunk_size)
         params = egnn_jax.init(jax.random.key(0), config, h, x, 0.5 * x, attr, **kw)
@@ -472,9 +483,28 @@ def test_edge_chunks_compute_the_same_values_and_gradients(edge_chunk_size, rema
         grad = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))
         (l1, g1), (l2, g2) = (grad(params, h, x, attr, c) for c in (config, chunked))
         np.testing.assert_allclose(l2, l1, rtol=1e-12)
-        assert float(jnp.max(jnp.abs(g1[3][int(g.num_edges) :]))) == 0.0  # masked edges
+        for grads in (g1, g2):  # masked edges: no gradient reaches their attributes
+            assert float(jnp.max(jnp.abs(grads[3][int(g.num_edges) :]))) == 0.0
         for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
             np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+
+
+def test_edge_chunks_compose_with_vmap():
+    """A batch of graphs with one edge list (vmap over positions and features)."""
+    with jax.enable_x64(True):
+        k1, k2 = jax.random.split(jax.random.key(8))
+        x = jax.random.normal(k1, (3, 6, 3), jnp.float64)
+        h = jax.random.normal(k2, (3, 6, 2), jnp.float64)
+        senders, receivers = egnn_jax.complete_graph_edges(6)
+        mask = jnp.arange(30) % 4 != 0
+        config = egnn_jax.EGNNConfig(8, 2, coords_weight_gain=1.0)
+        chunked = dataclasses.replace(config, edge_chunk_size=4)
+        kw = dict(senders=senders, receivers=receivers, edge_mask=mask)
+        params = egnn_jax.init(jax.random.key(0), config, h[0], x[0], **kw)
+        run = lambda c: jax.vmap(lambda h, x: egnn_jax.apply(params, c, h, x, **kw))(h, x)
+        for want, got in zip(run(config), run(chunked), strict=True):
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
 
 
 def test_edge_chunks_keep_only_one_chunk_of_edge_activations():
@@ -506,6 +536,7 @@ def test_edge_chunks_are_for_edge_lists_and_positive_ints():
     for bad in (0, -3, 2.5, True, "8"):
         with pytest.raises(ValueError, match="edge_chunk_size"):
             egnn_jax.EGNNConfig(edge_chunk_size=bad)
+    assert egnn_jax.EGNNConfig(edge_chunk_size=np.int64(8)).edge_chunk_size == 8
     cfg, params, h, x, v, a = _base()
     chunked = dataclasses.replace(cfg, edge_chunk_size=4)
     with pytest.raises(ValueError, match="dense graph"):

@@ -90,7 +90,8 @@ class FastEGCL(nn.Module):
             return _linear(features, width, dtype, name)
 
         def coord_mlp(m, name):
-            """phi_x / phi_xv / phi_X: a hidden layer, then a bias-free tiny scalar."""
+            """phi_xv / phi_X: a hidden layer, then a bias-free tiny scalar (phi_x, the same
+            for the real-real edges, is in `messages` below)."""
             w = act(dense(width, name=f"{name}_hidden")(m))
             kernel, _ = DenseParams(
                 width, 1, use_bias=False, kernel_init=_xavier_uniform(0.001), name=f"{name}_out"

@@ -180,12 +180,14 @@ class SparseGraph(NamedTuple):
             a = jnp.concatenate([a, filler])
             return a.reshape((num_chunks, size) + a.shape[1:])
 
-        keep = jnp.ones(num_edges, bool) if self.edge_mask is None else self.edge_mask
+        keep = self.edge_mask
+        if keep is None and pad:
+            keep = jnp.ones(num_edges, bool)
         # Padding edges are the self-loop 0 -> 0, masked: every index stays in bounds.
         edges = (
             chunks(self.senders, 0),
             chunks(self.receivers, 0),
-            chunks(keep, False),
+            None if keep is None else chunks(keep, False),
             None if edge_attr is None else chunks(edge_attr, 0),
         )
 
@@ -198,17 +200,17 @@ class SparseGraph(NamedTuple):
         shapes = jax.eval_shape(one_chunk, *example)
         sums = tuple(jnp.zeros((self.num_nodes,) + p.shape[1:], p.dtype) for p in shapes)
 
+        def masked(p, keep):
+            if keep is None:
+                return p
+            return p * keep.reshape(keep.shape + (1,) * (p.ndim - 1)).astype(p.dtype)
+
         @jax.checkpoint
         def step(sums, chunk):
             senders, receivers, keep, attr = chunk
             per_edge = one_chunk(senders, receivers, attr)
             return tuple(
-                total
-                + jax.ops.segment_sum(
-                    p * keep.reshape(keep.shape + (1,) * (p.ndim - 1)).astype(p.dtype),
-                    receivers,
-                    num_segments=self.num_nodes,
-                )
+                total + jax.ops.segment_sum(masked(p, keep), receivers, num_segments=self.num_nodes)
                 for total, p in zip(sums, per_edge, strict=True)
             ), None
 

@@ -82,7 +82,8 @@ class TrainResult(NamedTuple):
             when it ran on the default device alone.
         earlier_wall_seconds: training seconds recorded by the run's earlier sessions (the
             resumed checkpoint's clock; 0 for a fresh run), so the run's total is this plus
-            ``wall_seconds``.
+            ``wall_seconds``. The clock counts each session from its first step: an earlier
+            session's setup (restore, compile) is not in it, this session's is.
     """
 
     params: PyTree
