@@ -155,3 +155,18 @@ def test_atomic_write_failure_leaves_the_old_file(tmp_path):
         raise RuntimeError("crash while writing")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_a_run_killed_before_its_first_checkpoint_counts_as_no_run(tmp_path):
+    """An empty resumable state (killed before anything was saved) neither blocks --resume
+    nor needs --overwrite; one with a row of metrics.json is still a run."""
+    from egnn_jax.experiments._workdir import _runs_on_disk
+
+    (tmp_path / "checkpoints" / "egnn" / "latest").mkdir(parents=True)
+    assert _runs_on_disk(tmp_path, {}) == {}
+    fingerprint = {"experiment": "x"}
+    row = {"egnn": {"fingerprint": fingerprint}}
+    assert _runs_on_disk(tmp_path, row) == {"egnn": fingerprint}
+    save_params(tmp_path / "best" / "gnn", _params(), {"step": 0, "fingerprint": fingerprint})
+    (tmp_path / "checkpoints" / "gnn" / "latest").mkdir(parents=True)
+    assert _runs_on_disk(tmp_path, {}) == {"gnn": fingerprint}

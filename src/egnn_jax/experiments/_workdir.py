@@ -61,6 +61,10 @@ def _runs_on_disk(workdir: Path, rows: dict) -> dict[str, dict | None]:
             try:
                 if ckpt.step() is not None:
                     fingerprint = ckpt.meta().get("fingerprint")
+                elif name not in rows and not best_dir(workdir, name).exists():
+                    # Killed before its first checkpoint: nothing was saved, so nothing is
+                    # there to continue or to protect; training starts it afresh.
+                    continue
             finally:
                 ckpt.close()
         found[name] = fingerprint
