@@ -306,7 +306,7 @@ def main(argv=None):
                     args.edge_chunk_size,
                 )
                 row["cases"][name] = timing[name] | stats[name] | memory
-        if "torch_reference" in timing:
+        if "torch_reference" in timing and "jax" in timing:
             row["jax_over_torch"] = (
                 timing["jax"]["median_ms"] / timing["torch_reference"]["median_ms"]
             )
