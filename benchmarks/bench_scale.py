@@ -74,6 +74,18 @@ def fluid(n: int, seed: int = 0):
 
 
 def jax_case(x, side, senders, receivers, remat: bool, edge_chunk_size: int | None = None):
+    compiled, args = jax_step(x, side, senders, receivers, remat, edge_chunk_size)
+    memory = compiled.memory_analysis()
+    stats = {
+        "xla_temp_bytes": int(memory.temp_size_in_bytes),
+        "xla_argument_bytes": int(memory.argument_size_in_bytes),
+        "xla_output_bytes": int(memory.output_size_in_bytes),
+    }
+    return (lambda: jax.block_until_ready(compiled(*args))), stats
+
+
+def jax_step(x, side, senders, receivers, remat: bool, edge_chunk_size: int | None = None):
+    """The compiled `value_and_grad` step of the EGNN cases and its arguments."""
     config = egnn_jax.EGNNConfig(
         HIDDEN, LAYERS, out_features=1, remat=remat, edge_chunk_size=edge_chunk_size
     )
@@ -89,14 +101,7 @@ def jax_case(x, side, senders, receivers, remat: bool, edge_chunk_size: int | No
         return jnp.sum(h_out**2) + jnp.sum(x_out**2)
 
     args = (params, h, x, s, r)
-    compiled = jax.jit(jax.value_and_grad(loss)).lower(*args).compile()
-    memory = compiled.memory_analysis()
-    stats = {
-        "xla_temp_bytes": int(memory.temp_size_in_bytes),
-        "xla_argument_bytes": int(memory.argument_size_in_bytes),
-        "xla_output_bytes": int(memory.output_size_in_bytes),
-    }
-    return (lambda: jax.block_until_ready(compiled(*args))), stats
+    return jax.jit(jax.value_and_grad(loss)).lower(*args).compile(), args
 
 
 def torch_case(x, senders, receivers, reference: Path):
