@@ -26,9 +26,7 @@ def main(argv=None):
         "--chunk-sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768]
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per case (5)")
-    parser.add_argument(
-        "--output", default="edge_chunks", help="benchmarks/results/<OUTPUT>.json"
-    )
+    parser.add_argument("--output", default="edge_chunks", help="benchmarks/results/<OUTPUT>.json")
     args = parser.parse_args(argv)
     if any(c < 1 for c in args.chunk_sizes):
         parser.error("chunk sizes must be >= 1")
@@ -63,8 +61,7 @@ def main(argv=None):
         {
             "benchmark": "EGNN value_and_grad on a radius graph against edge_chunk_size",
             "setting": {
-                "model": f"EGNN {LAYERS} layers, hidden {HIDDEN}, 1 in / 1 out feature, "
-                "float32",
+                "model": f"EGNN {LAYERS} layers, hidden {HIDDEN}, 1 in / 1 out feature, float32",
                 "graph": "random periodic fluid, density 1, cell-list radius graph",
                 "step": "value_and_grad of sum(h_out^2) + sum(x_out^2)",
             },

@@ -34,7 +34,9 @@ from bench_scale import HIDDEN, LAYERS, fluid, jax_step
 
 _SHAPE = re.compile(r"^\s*(?:ROOT )?%(\S+) = \w+\[([\d,]*)\]")
 _CALLS = re.compile(r"^\s*(?:ROOT )?%(\S+) = .*?calls=%([\w.\-]+)")
-_DOT = re.compile(r"%(\S+) = \w+\[([\d,]*)\]\S* dot\(%([^,\s]+), .*?lhs_contracting_dims=\{([\d,]*)\}")
+_DOT = re.compile(
+    r"%(\S+) = \w+\[([\d,]*)\]\S* dot\(%([^,\s]+), .*?lhs_contracting_dims=\{([\d,]*)\}"
+)
 
 
 def _dims(text: str) -> list[int]:
