@@ -58,3 +58,10 @@ def strict_dtypes():
     """Strict dtype promotion (no silent float32 <-> float64 mixing) for one test."""
     with jax.numpy_dtype_promotion("strict"):
         yield
+
+
+@pytest.fixture
+def allow_nans():
+    """jax_debug_nans off, for tests that make NaNs on purpose."""
+    with jax.debug_nans(False):
+        yield

@@ -16,13 +16,6 @@ from egnn_jax.testing import assert_equivariant
 CFG = egnn_jax.EGNNConfig(hidden_features=16, num_layers=2, velocity=True)
 
 
-@pytest.fixture
-def allow_nans():
-    """The suite runs with jax_debug_nans; this test makes NaNs on purpose."""
-    with jax.debug_nans(False):
-        yield
-
-
 def _state(key, m=4, n=3, dtype=jnp.float32):
     kx, kv, kh = jax.random.split(key, 3)
     x = jax.random.normal(kx, (m, n), dtype)

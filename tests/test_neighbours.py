@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
@@ -45,6 +46,10 @@ def test_matches_a_brute_force_search(box):
     )
     assert _edges(graph) == expected and len(expected) > 50
     assert int(graph.num_edges) == len(expected) and not bool(graph.overflow)
+    # The contract: it unpacks as (senders, receivers, edge_mask, overflow).
+    senders, receivers, edge_mask, overflow = graph
+    assert senders is graph.senders and receivers is graph.receivers
+    assert edge_mask is graph.edge_mask and overflow is graph.overflow and graph[3] is overflow
     # Both directions of every pair; receivers sorted; fillers point 0 -> 0.
     assert all((j, i) in expected for i, j in expected)
     real = np.asarray(graph.edge_mask)
@@ -86,6 +91,32 @@ def test_bad_inputs_fail_with_clear_errors():
         egnn_jax.apply(params, egnn_jax.EGNNConfig(8, 1), x, x, senders=s, receivers=r, edge_mask=s)
     with pytest.raises(ValueError, match="edge_mask is for sparse graphs"):
         egnn_jax.apply(params, egnn_jax.EGNNConfig(8, 1), x, x, edge_mask=s > 0)
+    # A box side <= 0 (or NaN) would make every relative vector NaN: eager calls raise a
+    # ValueError, and under an outer jit a runtime error names it.
+    config = egnn_jax.EGNNConfig(8, 1)
+    for bad in (0.0, jnp.array([1.0, -1.0, 1.0]), float("nan")):
+        with pytest.raises(ValueError, match="box side lengths must be > 0"):
+            egnn_jax.apply(params, config, x, x, senders=s, receivers=r, box=bad)
+        with pytest.raises(ValueError, match="box side lengths must be > 0"):
+            egnn_jax.radius_graph(x, 1.0, capacity=4, box=bad)
+    jitted = jax.jit(lambda b: egnn_jax.apply(params, config, x, x, senders=s, receivers=r, box=b))
+    assert np.isfinite(np.asarray(jitted(jnp.float32(4.0))[1])).all()
+    with pytest.raises(Exception, match="box side lengths must be > 0"):
+        jax.block_until_ready(jitted(jnp.float32(0.0)))
+
+
+@pytest.mark.usefixtures("allow_nans")
+def test_a_nan_position_is_an_error_not_lost_edges():
+    """A NaN position would compare false with every cutoff; at a padding node it is fine."""
+    y = jax.random.uniform(jax.random.key(0), (3000, 3)) * 12.0
+    for method in ("all_pairs", "cells"):
+        search = functools.partial(
+            egnn_jax.radius_graph, cutoff=1.0, capacity=40_000, box=12.0, method=method
+        )
+        with pytest.raises(Exception, match="x has NaN or inf at a real node"):
+            jax.block_until_ready(search(y.at[7, 1].set(jnp.nan)))
+        padded = search(y.at[7, 1].set(jnp.nan), node_mask=jnp.arange(3000) != 7)
+        assert not bool(padded.overflow) and int(padded.num_edges) > 0
 
 
 def _periodic_system(dtype, n=40, side=4.0):

@@ -199,13 +199,6 @@ def test_keyboard_interrupt_saves_state_and_resume_is_exact(tmp_path, monkeypatc
     assert strip_wall(full.history) == strip_wall(resumed.history)
 
 
-@pytest.fixture
-def allow_nans():
-    """The project conftest enables jax_debug_nans; these tests need NaNs to propagate."""
-    with jax.debug_nans(False):
-        yield
-
-
 def poison_after(k: int) -> optax.GradientTransformation:
     """Turns the updates into NaN from the (k+1)-th update on."""
 

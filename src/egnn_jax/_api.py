@@ -13,6 +13,7 @@ from jaxtyping import Array, Float
 from ._config import EGNNConfig
 from ._egcl import EGNN
 from ._graph import DenseGraph, SparseGraph
+from ._neighbours import check_box
 from ._typing import EdgeAttr, NodeFeatures, Positions
 
 
@@ -35,9 +36,11 @@ def _validate(
             "graph has none: batch dense graphs with vmap, or pass the graph as an edge list"
         )
     if box is not None:
+        check_box(box, x.shape[1])
         box = jnp.asarray(box, x.dtype)
-        if box.shape not in ((), (x.shape[1],)):
-            raise ValueError(f"box must be a scalar or have shape ({x.shape[1]},), got {box.shape}")
+        # A side <= 0 would turn every relative vector into NaN; the check is on a scalar.
+        bad = jnp.any(~(box > 0))
+        box = eqx.error_if(box, bad, "box side lengths must be > 0")
         graph = graph._replace(box=box)
     return _with_edge_mask(graph, edge_mask)
 
@@ -274,6 +277,7 @@ def init(
     """
     if senders is not None:
         _check_indices_if_concrete(senders, receivers, h.shape[0])
+    check_box(box, np.shape(x)[-1])
     return _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, box)
 
 
@@ -319,8 +323,8 @@ def apply(
 
     Raises:
         ValueError: at trace time for wrong ranks, shapes or dtypes (naming the argument and
-            its shape), and, in eager calls, for edge indices outside `[0, N)`. Under an
-            outer `jax.jit`, out-of-range indices raise an `equinox` runtime error instead.
+            its shape), and, in eager calls, for edge indices outside `[0, N)` or a box side
+            <= 0. Under an outer `jax.jit`, those two raise an `equinox` runtime error.
 
     NaN or inf in an input is not checked (that would cost a reduction per call): it reaches
     the outputs of that node and of every node it sends messages to. Enable
@@ -328,4 +332,5 @@ def apply(
     """
     if senders is not None:
         _check_indices_if_concrete(senders, receivers, h.shape[0])
+    check_box(box, np.shape(x)[-1])
     return _apply(params, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, box)

@@ -16,10 +16,11 @@ on current JAX) and pymatgen, and its `partition` module imports jraph at load t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
-from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,8 +28,13 @@ import numpy as np
 __all__ = ["RadiusGraph", "minimum_image", "radius_graph", "shortest_edges"]
 
 
-class RadiusGraph(NamedTuple):
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class RadiusGraph:
     """A fixed-capacity directed edge list (both directions of every pair).
+
+    Unpacks as ``senders, receivers, edge_mask, overflow = graph``; `num_edges` is an
+    attribute. A pytree: it passes through `jit` and `vmap`.
 
     Fields:
         senders: `[capacity]` int32, node j of the edge j -> i (0 on filler edges).
@@ -49,6 +55,22 @@ class RadiusGraph(NamedTuple):
     overflow: jax.Array
     num_edges: jax.Array
 
+    def _contract(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        return self.senders, self.receivers, self.edge_mask, self.overflow
+
+    def __iter__(self):
+        return iter(self._contract())
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index):
+        return self._contract()[index]
+
+    def _replace(self, **changes) -> RadiusGraph:
+        """A copy with some fields changed (as a NamedTuple's `_replace`)."""
+        return dataclasses.replace(self, **changes)
+
 
 def minimum_image(d, box):
     """Relative vectors `d [..., n]` wrapped into the periodic cell (None: unchanged).
@@ -64,6 +86,17 @@ def minimum_image(d, box):
     return d - box * jnp.round(d / box)
 
 
+def check_box(box, dim: int) -> None:
+    """Raise ValueError for a box of the wrong shape, or (when concrete) a side <= 0 or NaN."""
+    if box is None:
+        return
+    shape = jnp.shape(box)
+    if shape not in ((), (dim,)):
+        raise ValueError(f"box must be a scalar or have shape ({dim},), got {shape}")
+    if not isinstance(box, jax.core.Tracer) and not np.all(np.asarray(box) > 0):
+        raise ValueError(f"box side lengths must be > 0, got {box!r}")
+
+
 def _check(x, cutoff, capacity, box, node_mask):
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"x must have shape [nodes >= 1, n >= 1], got {tuple(x.shape)}")
@@ -73,12 +106,7 @@ def _check(x, cutoff, capacity, box, node_mask):
         raise ValueError(f"capacity must be a positive int (static), got {capacity!r}")
     if not isinstance(cutoff, jax.core.Tracer) and not float(cutoff) > 0:
         raise ValueError(f"cutoff must be > 0, got {cutoff!r}")
-    if box is not None:
-        shape = jnp.shape(box)
-        if shape not in ((), (x.shape[1],)):
-            raise ValueError(f"box must be a scalar or have shape ({x.shape[1]},), got {shape}")
-        if not isinstance(box, jax.core.Tracer) and not np.all(np.asarray(box) > 0):
-            raise ValueError(f"box side lengths must be > 0, got {box!r}")
+    check_box(box, x.shape[1])
     if node_mask is not None and (node_mask.shape != x.shape[:1] or node_mask.dtype != bool):
         raise ValueError(
             f"node_mask must be bool of shape ({x.shape[0]},), got {node_mask.dtype} "
@@ -118,13 +146,16 @@ def radius_graph(
             mean occupancy N / cells, plus 8). A fuller cell sets `overflow`.
 
     Returns:
-        `RadiusGraph` ``(senders, receivers, edge_mask, overflow, num_edges)``. Both
+        `RadiusGraph`: ``senders, receivers, edge_mask, overflow`` (it unpacks as these
+        four) and `num_edges`. Both
         methods give the same edge set; senders of one receiver may come in another order.
 
     Raises:
         ValueError: at trace time for wrong shapes or dtypes, a non-positive cutoff,
             capacity or box side, a cutoff over half a concrete box side, an unknown
             method, or ``"cells"`` where a cell list does not apply.
+        A runtime error (`equinox`) when a real node's position is NaN or inf: that node
+            would lose its edges silently.
 
     Composes with `jit` (capacity static) and `vmap`.
     """
@@ -237,8 +268,18 @@ def edge_list(pairs, capacity: int, node_mask=None) -> RadiusGraph:
     )
 
 
+def _finite(x, node_mask):
+    """`x`, raising a runtime error if a real node's position is NaN or inf: it would
+    compare false with every cutoff and silently lose its edges."""
+    bad = ~jnp.isfinite(x).all(axis=1)
+    if node_mask is not None:
+        bad = bad & node_mask
+    return eqx.error_if(x, jnp.any(bad), "radius_graph: x has NaN or inf at a real node")
+
+
 @functools.partial(jax.jit, static_argnames="capacity")
 def _radius_graph(x, cutoff, capacity, box, node_mask):
+    x = _finite(x, node_mask)
     d = minimum_image(x[:, None, :] - x[None, :, :], box)  # [i, j]: x_i - x_j
     within = jnp.sum(d * d, axis=-1) < jnp.asarray(cutoff, x.dtype) ** 2
     return edge_list(within, capacity, node_mask)
@@ -246,6 +287,7 @@ def _radius_graph(x, cutoff, capacity, box, node_mask):
 
 @functools.partial(jax.jit, static_argnames=("cutoff", "capacity", "box", "cells", "cell_capacity"))
 def _cell_radius_graph(x, node_mask, *, cutoff, capacity, box, cells, cell_capacity):
+    x = _finite(x, node_mask)
     n, dim = x.shape
     num_cells = int(np.prod(cells))
     box_a = jnp.asarray(box, x.dtype)[None, :]
