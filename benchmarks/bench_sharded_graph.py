@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 
@@ -104,8 +105,8 @@ def main(argv=None):
                 if name == "one_device"
                 else int(edges.senders.addressable_shards[0].data.shape[0]),
                 "xla_temp_bytes_per_device": int(memory.temp_size_in_bytes),
-                "all_reduces": hlo.count(" all-reduce("),
-                "all_gathers": hlo.count(" all-gather("),
+                "all_reduces": len(re.findall(r"\ball-reduce(?:-start)?\(", hlo)),
+                "all_gathers": len(re.findall(r"\ball-gather(?:-start)?\(", hlo)),
             }
             losses[name] = float(compiled(*call_args)[0])
             cases[name] = lambda c=compiled, a=call_args: jax.block_until_ready(c(*a))

@@ -19,6 +19,8 @@ An experiment declares its config, data, models and table (`_experiment.Experime
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shlex
 import sys
@@ -126,6 +128,7 @@ def train_and_evaluate(
     data = experiment.load_data(config, data_dir, progress)
     wall["data"] = time.perf_counter() - t
     shared = shared_fingerprint(experiment, config, data)
+    _check_hosts_agree(shared)
 
     try:
         previous = read_metrics(workdir)
@@ -166,7 +169,8 @@ def train_and_evaluate(
             )
             params_of[name], _ = load_params(best_dir(workdir, name), _like(spec, data.train))
             histories[name] = (previous or {}).get("histories", {}).get(name, [])
-            row |= {k: old[k] for k in ("best_step", "steps_done", "stopped_early") if k in old}
+            kept_keys = ("best_step", "steps_done", "stopped_early", "devices", "train_seconds")
+            row |= {k: old[k] for k in kept_keys if k in old}
             row |= {"steps_this_session": 0, "resumed": True, "command": old.get("command")}
             wall["train"][name] = 0.0
         else:
@@ -240,6 +244,11 @@ def train_and_evaluate(
         "histories": {n: histories[n] for n in order if n in histories},
     }
 
+    if jax.process_index() != 0:
+        # Every process holds the same results; one writes them (the checkpoints above are
+        # written by all, as Orbax coordinates them).
+        return metrics
+
     t = time.perf_counter()
     plot_loss_curves(
         workdir / "loss_curves.png",
@@ -254,6 +263,21 @@ def train_and_evaluate(
     metrics["wall_seconds"] = wall
     save_json_atomic(workdir / "metrics.json", metrics)
     return metrics
+
+
+def _check_hosts_agree(shared: dict) -> None:
+    """Raise if the processes of a multi-host run hold other data or settings: each host
+    loads its own copy, and a GPU and a CPU simulate a chaotic system to other bits."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    digest = hashlib.sha256(json.dumps(shared, sort_keys=True, default=str).encode()).digest()
+    multihost_utils.assert_equal(
+        np.frombuffer(digest, np.uint32),
+        "the processes' data or settings differ (their fingerprints do not match): "
+        "simulate the data once and share the cache (--data-dir), or run each host alike",
+    )
 
 
 def _training_run(
