@@ -244,24 +244,24 @@ def train_and_evaluate(
         "histories": {n: histories[n] for n in order if n in histories},
     }
 
-    if jax.process_index() != 0:
-        # Every process holds the same results; one writes them (the checkpoints above are
-        # written by all, as Orbax coordinates them).
-        return metrics
-
+    # Every process holds the same results; process 0 writes them (the checkpoints above
+    # are written by all, as Orbax coordinates them).
+    writer = jax.process_index() == 0
     t = time.perf_counter()
-    plot_loss_curves(
-        workdir / "loss_curves.png",
-        metrics["histories"],
-        {n: r["valid_mse"] for n, r in all_rows.items() if "valid_mse" in r},
-        title=f"{experiment.description}: loss curves",
-        x_key=experiment.history_unit,
-    )
-    experiment.plots(workdir, config, metrics, params_of, data)
+    if writer:
+        plot_loss_curves(
+            workdir / "loss_curves.png",
+            metrics["histories"],
+            {n: r["valid_mse"] for n, r in all_rows.items() if "valid_mse" in r},
+            title=f"{experiment.description}: loss curves",
+            x_key=experiment.history_unit,
+        )
+        experiment.plots(workdir, config, metrics, params_of, data)
     wall["plot"] = time.perf_counter() - t
     wall["total"] = time.perf_counter() - t_total
     metrics["wall_seconds"] = wall
-    save_json_atomic(workdir / "metrics.json", metrics)
+    if writer:
+        save_json_atomic(workdir / "metrics.json", metrics)
     return metrics
 
 
