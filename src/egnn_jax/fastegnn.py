@@ -11,6 +11,10 @@ graph with its C virtual nodes:
     out.x, out.h, out.virtual_x, out.virtual_h
     loss = mse(out.x, target) + 0.01 * egnn_jax.fastegnn.mmd_loss(key, out.x, out.virtual_x)
 
+There is no periodic `box` (unlike `egnn_jax.apply`): the virtual nodes start at the centre of
+mass and move relative to the real nodes, which has no meaning in a periodic cell; feed it
+non-periodic edge lists (`radius_graph` without `box`, or `shortest_edges`).
+
 Batch with `jax.vmap` over graphs of one padded size (every graph has its own virtual nodes,
 so a disjoint union of graphs in one edge list would share them: vmap instead). The layer's
 equations and the choices taken from the reference code are in `egnn_jax._fastegnn`.
