@@ -197,6 +197,23 @@ def test_without_a_box_a_distant_image_is_not_a_neighbour():
     assert int(egnn_jax.radius_graph(x, 1.0, capacity=2, box=4.0).num_edges) == 2
 
 
+def test_a_box_one_cutoff_wider_than_the_system_gives_its_non_periodic_edges():
+    """The documented recipe for an O(N) search without periodicity: shift the nodes into
+    [0, extent) and pass box = extent + cutoff; no pair is within the cutoff through the
+    wrap, so the edges are the non-periodic ones (and their relative vectors plain
+    differences, which `apply` without a box then uses)."""
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-3.0, 5.0, (400, 3))
+    cutoff = 1.3
+    expected = _brute_force(x, cutoff)
+    lower = x.min(axis=0)
+    extent = x.max(axis=0) - lower
+    graph = egnn_jax.radius_graph(
+        jnp.asarray(x - lower), cutoff, capacity=6000, box=extent + cutoff, method="cells"
+    )
+    assert _edges(graph) == expected and len(expected) > 500 and not bool(graph.overflow)
+
+
 @pytest.mark.parametrize("dim, box", [(3, np.array([4.0, 5.0, 6.5])), (2, 6.0), (3, 4.5)])
 def test_cell_list_finds_the_brute_force_edges(dim, box):
     rng = np.random.default_rng(dim)

@@ -142,6 +142,10 @@ def radius_graph(
         method: ``"all_pairs"`` (`O(N²)`), ``"cells"`` (a cell list, `O(N)`: needs a
             concrete `box` and `cutoff` with at least 3 cells of side >= cutoff along each
             axis), or ``"auto"``: cells when they apply and N >= `CELL_LIST_MIN_NODES`.
+            A large system without periodicity gets the cell list too: shift it into
+            ``[0, extent)`` and pass ``box = extent + cutoff``; no pair is then within the
+            cutoff through the wrap, so the edges are the non-periodic ones (call `apply`
+            without a box).
         cell_capacity: static; node slots per cell of the cell list (default: twice the
             mean occupancy N / cells, plus 8). A fuller cell sets `overflow`.
 
