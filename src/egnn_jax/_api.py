@@ -35,8 +35,7 @@ def _validate(
             "EGNNConfig.edge_chunk_size chunks an edge list (senders, receivers); a dense "
             "graph has none: batch dense graphs with vmap, or pass the graph as an edge list"
         )
-    if box is not None:
-        check_box(box, x.shape[1])
+    if box is not None:  # its shape was checked by `init` / `apply`, before tracing
         box = jnp.asarray(box, x.dtype)
         # A side <= 0 would turn every relative vector into NaN; the check is on a scalar.
         bad = jnp.any(~(box > 0))

@@ -151,8 +151,8 @@ def radius_graph(
 
     Returns:
         `RadiusGraph`: ``senders, receivers, edge_mask, overflow`` (it unpacks as these
-        four) and `num_edges`. Both
-        methods give the same edge set; senders of one receiver may come in another order.
+        four) and `num_edges`. Both methods give the same edge set; senders of one
+        receiver may come in another order.
 
     Raises:
         ValueError: at trace time for wrong shapes or dtypes, a non-positive cutoff,
