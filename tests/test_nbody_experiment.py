@@ -239,3 +239,19 @@ def test_committed_models_reproduce_the_committed_table(workdir, sampler, seed, 
     assert set(scores) == set(metrics["models"])
     for name, score in scores.items():
         assert score == pytest.approx(metrics["models"][name]["test_mse"], rel=0, abs=1e-6), name
+
+
+def test_clip_norm_flag_reaches_the_config_and_is_checked(tmp_path):
+    from egnn_jax.experiments import _cli
+
+    parser = _cli.build_parser(nbody_charged.EXPERIMENT)
+    common = ["--quick", "--workdir", str(tmp_path)]
+    args = parser.parse_args([*common, "--clip-norm", "10"])
+    assert _cli._config(nbody_charged.EXPERIMENT, args, parser).clip_norm == 10.0
+    args = parser.parse_args(common)
+    assert _cli._config(nbody_charged.EXPERIMENT, args, parser).clip_norm is None
+    for bad in ("0", "-1", "nan"):
+        args = parser.parse_args([*common, "--clip-norm", bad])
+        with pytest.raises(SystemExit) as info:
+            _cli._config(nbody_charged.EXPERIMENT, args, parser)
+        assert info.value.code == 2

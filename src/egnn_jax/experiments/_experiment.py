@@ -78,6 +78,8 @@ class ExperimentConfig:
         for name in ("batch_size", "hidden_features", "num_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0 (or None: no clipping), got {self.clip_norm}")
         if self.num_steps % self.eval_every:
             raise ValueError(
                 f"the run length ({self.num_steps} steps) must be a multiple of the "

@@ -245,9 +245,15 @@ class NBodyCharged(FrameTask):
             help="initial conditions: JAX PRNG (default) or NumPy's legacy stream in the "
             "reference generator's order; '--sampler numpy-legacy --seed 43' is the paper's data",
         )
+        parser.add_argument(
+            "--clip-norm",
+            type=float,
+            help="clip the gradient's global norm to this (the paper clips none; HEGNN's own "
+            "protocol clips at 10); another setting, so another --workdir",
+        )
 
     def config_overrides(self, args):
-        return {"epochs": args.epochs, "sampler": args.sampler}
+        return {"epochs": args.epochs, "sampler": args.sampler, "clip_norm": args.clip_norm}
 
     def load_data(self, config, data_dir, progress):
         sizes = split_sizes(config)
