@@ -335,6 +335,17 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path):
     assert_trees_equal(again.params, first.params)
 
 
+def test_a_run_killed_before_its_first_save_is_no_run(tmp_path):
+    """Killed before its first checkpoint (SIGKILL, a machine restart), a run leaves empty
+    folders only: a plain start trains it afresh instead of refusing."""
+    latest_dir(tmp_path, "toy").mkdir(parents=True)
+    best_dir(tmp_path, "toy").mkdir(parents=True)
+    fresh = run(workdir=tmp_path, num_steps=20)
+    assert fresh.num_steps == 20 and not fresh.resumed
+    with pytest.raises(RunExistsError, match="resume it or overwrite it"):
+        run(workdir=tmp_path, num_steps=20)  # now it has saved, so it is a run
+
+
 def test_resuming_to_fewer_steps_is_an_error(tmp_path):
     run(workdir=tmp_path, num_steps=40)
     with pytest.raises(ValueError, match="already done 40 steps"):

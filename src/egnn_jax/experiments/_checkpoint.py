@@ -342,6 +342,16 @@ def save_params(directory: str | Path, params: PyTree, meta: dict) -> None:
         _save(manager, int(meta["step"]), _nest(names, leaves), meta)
 
 
+def has_saved_step(directory: str | Path) -> bool:
+    """Whether `directory` holds a finished checkpoint; creates nothing. A run killed before
+    its first save leaves only an empty folder: nothing to continue or to protect."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return False
+    with _manager(directory, create=False) as manager:
+        return manager.latest_step() is not None
+
+
 def read_params_meta(directory: str | Path) -> dict | None:
     """The metadata of the parameters saved in `directory`, or None if there are none."""
     directory = Path(directory)

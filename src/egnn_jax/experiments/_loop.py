@@ -35,6 +35,7 @@ from ._checkpoint import (
     RunExistsError,
     best_dir,
     check_fingerprint,
+    has_saved_step,
     key_data,
     latest_dir,
     save_params,
@@ -353,7 +354,7 @@ def train(
         if overwrite:
             if jax.process_index() == 0:
                 remove_run(workdir, name)
-        elif not resume and (latest.exists() or best.exists()):
+        elif not resume and (has_saved_step(latest) or has_saved_step(best)):
             raise RunExistsError(
                 f"run {name!r} already exists in {Path(workdir)}: resume it or overwrite it"
             )

@@ -17,6 +17,7 @@ from ._checkpoint import (
     best_dir,
     check_fingerprint,
     fingerprint_differences,
+    has_saved_step,
     latest_dir,
     read_params_meta,
 )
@@ -51,6 +52,9 @@ def _runs_on_disk(workdir: Path, rows: dict) -> dict[str, dict | None]:
             names |= {p.name for p in folder.iterdir() if p.is_dir()}
     found = {}
     for name in sorted(names):
+        saved = has_saved_step(best_dir(workdir, name)) or has_saved_step(latest_dir(workdir, name))
+        if name not in rows and not saved:
+            continue  # killed before its first checkpoint: training starts it afresh
         fingerprint = rows.get(name, {}).get("fingerprint")
         if fingerprint is None:
             meta = read_params_meta(best_dir(workdir, name))
@@ -61,10 +65,6 @@ def _runs_on_disk(workdir: Path, rows: dict) -> dict[str, dict | None]:
             try:
                 if ckpt.step() is not None:
                     fingerprint = ckpt.meta().get("fingerprint")
-                elif name not in rows and not best_dir(workdir, name).exists():
-                    # Killed before its first checkpoint: nothing was saved, so nothing is
-                    # there to continue or to protect; training starts it afresh.
-                    continue
             finally:
                 ckpt.close()
         found[name] = fingerprint
