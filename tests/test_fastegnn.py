@@ -422,3 +422,163 @@ def test_vmap_and_jit_compose():
 
     got = jax.vmap(predict)(*batch)
     np.testing.assert_allclose(got[0], predict(h, x, v, a), rtol=1e-5, atol=1e-6)
+
+
+def _packable(dtype, sizes):
+    """Graphs of the given sizes (their shortest half of edges) as `egnn_jax.Graph`s."""
+    graphs = []
+    for n in sizes:
+        h, x, v, a, _ = _system(dtype, n)
+        e = egnn_jax.shortest_edges(x, 0.5)
+        keep = np.asarray(e.edge_mask)
+        s, r = np.asarray(e.senders)[keep], np.asarray(e.receivers)[keep]
+        graphs.append(egnn_jax.Graph(h=h, x=x, v=v, senders=s, receivers=r, edge_attr=a[r, s]))
+    return graphs
+
+
+def _packed_kw(b):
+    return dict(
+        v=b.v,
+        edge_attr=b.edge_attr,
+        node_mask=b.node_mask,
+        senders=b.senders,
+        receivers=b.receivers,
+        edge_mask=b.edge_mask,
+        node_graph=b.node_graph,
+        graph_mask=b.graph_mask,
+    )
+
+
+def test_a_packed_batch_equals_its_graphs_one_by_one():
+    dtype = jnp.float64
+    params = _params(dtype)
+    graphs = _packable(dtype, (5, 9, 7))
+    b = egnn_jax.pack_graphs(graphs, max_nodes=25, max_edges=80, max_graphs=5)
+    got = egnn_jax.fastegnn.apply(params, CONFIG, b.h, b.x, **_packed_kw(b))
+    assert got.virtual_x.shape == (5, CONFIG.virtual_channels, 3)
+    assert got.virtual_h.shape == (5, CONFIG.virtual_channels, CONFIG.hidden_features)
+    for i, (g, x_i, h_i) in enumerate(zip(graphs, b.unpack(got.x), b.unpack(got.h), strict=True)):
+        want = egnn_jax.fastegnn.apply(
+            params,
+            CONFIG,
+            g.h,
+            g.x,
+            v=g.v,
+            edge_attr=g.edge_attr,
+            senders=jnp.asarray(g.senders),
+            receivers=jnp.asarray(g.receivers),
+        )
+        np.testing.assert_allclose(x_i, want.x, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(h_i, want.h, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(got.virtual_x[i], want.virtual_x, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(got.virtual_h[i], want.virtual_h, rtol=1e-10, atol=1e-12)
+
+
+def test_a_packed_batch_mmd_is_the_mean_over_its_real_graphs():
+    dtype = jnp.float64
+    params = _params(dtype)
+    graphs = _packable(dtype, (5, 9, 7))
+    b = egnn_jax.pack_graphs(graphs, max_nodes=25, max_edges=80, max_graphs=5)
+    out = egnn_jax.fastegnn.apply(params, CONFIG, b.h, b.x, **_packed_kw(b))
+    # More samples than any graph has nodes: every real node is drawn, so the draw is exact.
+    got = egnn_jax.fastegnn.mmd_loss(
+        jax.random.key(1),
+        out.x,
+        out.virtual_x,
+        num_samples=12,
+        node_mask=b.node_mask,
+        node_graph=b.node_graph,
+        graph_mask=b.graph_mask,
+    )
+    want = [
+        egnn_jax.fastegnn.mmd_loss(jax.random.key(2), x_i, out.virtual_x[i], num_samples=12)
+        for i, x_i in enumerate(b.unpack(out.x))
+    ]
+    np.testing.assert_allclose(got, np.mean(want), rtol=1e-12)
+    # Padding graphs do not count: their virtual nodes alone would give a loss of 1.
+    everything = egnn_jax.fastegnn.mmd_loss(
+        jax.random.key(1),
+        out.x,
+        out.virtual_x,
+        num_samples=12,
+        node_mask=b.node_mask,
+        node_graph=b.node_graph,
+    )
+    assert not np.isclose(everything, got)
+
+
+def test_a_packed_batch_trains_without_recompiling():
+    dtype = jnp.float32
+    params = _params(dtype)
+    batches = [
+        egnn_jax.pack_graphs(_packable(dtype, sizes), max_nodes=25, max_edges=80, max_graphs=5)
+        for sizes in ((5, 9, 7), (8, 6))
+    ]
+    optimiser = optax.adam(1e-3)
+    traces = []
+
+    @jax.jit
+    def step(params, state, b):
+        traces.append(1)
+
+        def loss(p):
+            out = egnn_jax.fastegnn.apply(p, CONFIG, b.h, b.x, **_packed_kw(b))
+            err = jnp.where(b.node_mask[:, None], out.x - b.x - b.v, 0.0)
+            mmd = egnn_jax.fastegnn.mmd_loss(
+                jax.random.key(0),
+                out.x,
+                out.virtual_x,
+                node_mask=b.node_mask,
+                node_graph=b.node_graph,
+                graph_mask=b.graph_mask,
+            )
+            return jnp.sum(err**2) / jnp.sum(b.node_mask) + 0.01 * mmd
+
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, state = optimiser.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, value
+
+    state = optimiser.init(params)
+    for b in batches:
+        params, state, value = step(params, state, b)
+        assert np.isfinite(value)
+    assert len(traces) == 1
+
+
+def test_packed_batch_errors():
+    dtype = jnp.float32
+    params = _params(dtype)
+    b = egnn_jax.pack_graphs(_packable(dtype, (5, 9)), max_nodes=16, max_edges=60, max_graphs=3)
+    kw = _packed_kw(b)
+    with pytest.raises(ValueError, match="go together"):
+        egnn_jax.fastegnn.apply(params, CONFIG, b.h, b.x, **{**kw, "graph_mask": None})
+    with pytest.raises(ValueError, match="node_graph must be an int array"):
+        egnn_jax.fastegnn.apply(
+            params, CONFIG, b.h, b.x, **{**kw, "node_graph": b.node_graph.astype(jnp.float32)}
+        )
+    with pytest.raises(ValueError, match="outside"):
+        egnn_jax.fastegnn.apply(params, CONFIG, b.h, b.x, **{**kw, "node_graph": b.node_graph + 1})
+    h, x, v, a, _ = _system(dtype)
+    with pytest.raises(ValueError, match="dense graph"):
+        egnn_jax.fastegnn.apply(
+            params,
+            CONFIG,
+            h,
+            x,
+            v=v,
+            edge_attr=a,
+            node_graph=jnp.zeros(h.shape[0], jnp.int32),
+            graph_mask=jnp.ones(1, bool),
+        )
+    with pytest.raises(ValueError, match="graph_mask goes with node_graph"):
+        egnn_jax.fastegnn.mmd_loss(jax.random.key(0), x, x[:3], graph_mask=jnp.ones(1, bool))
+
+    # Under jit the graph indices are only known at run time: a clear error, not a clamp.
+    @jax.jit
+    def run(node_graph):
+        return egnn_jax.fastegnn.apply(
+            params, CONFIG, b.h, b.x, **{**kw, "node_graph": node_graph}
+        ).x
+
+    with pytest.raises(Exception, match="node_graph out of range"):
+        jax.block_until_ready(run(b.node_graph + 1))

@@ -40,13 +40,14 @@ from ._egcl import DenseParams, Graph, _linear, _row, _safe_norm, _xavier_unifor
 
 
 class FastEGNNOutput(NamedTuple):
-    """What `egnn_jax.fastegnn.apply` returns for one graph.
+    """What `egnn_jax.fastegnn.apply` returns for one graph (or a packed batch).
 
     Fields:
         h: `[M, out_features or hidden_features]` invariant node features.
         x: `[M, n]` equivariant positions.
-        virtual_h: `[C, hidden_features]` invariant features of the virtual nodes.
-        virtual_x: `[C, n]` equivariant positions of the virtual nodes.
+        virtual_h: `[C, hidden_features]` invariant features of the virtual nodes
+            (`[G, C, hidden_features]` for a packed batch of G graphs).
+        virtual_x: `[C, n]` equivariant positions of the virtual nodes (`[G, C, n]`).
     """
 
     h: jax.Array
@@ -62,6 +63,29 @@ def masked_mean(a: jax.Array, node_mask: jax.Array) -> jax.Array:
     return jnp.sum(a * w, axis=0) / count
 
 
+def graph_mean(
+    a: jax.Array, node_mask: jax.Array, node_graph: jax.Array | None, num_graphs: int
+) -> jax.Array:
+    """`[M, ...]` -> `[G, ...]`: each graph's mean over its real nodes (0 if it has none).
+
+    `node_graph [M]` says which graph each node belongs to; None: one graph (G = 1).
+    """
+    if node_graph is None:
+        return masked_mean(a, node_mask)[None]
+    mask = node_mask.astype(a.dtype)
+    sums = jax.ops.segment_sum(
+        a * mask.reshape((-1,) + (1,) * (a.ndim - 1)), node_graph, num_segments=num_graphs
+    )
+    count = jax.ops.segment_sum(mask, node_graph, num_segments=num_graphs)
+    count = jnp.maximum(count, jnp.ones((), a.dtype))
+    return sums / count.reshape((-1,) + (1,) * (a.ndim - 1))
+
+
+def _per_node(per_graph: jax.Array, node_graph: jax.Array | None) -> jax.Array:
+    """`[G, ...]` -> the row of each node's graph: `[M, ...]`, or `[1, ...]` to broadcast."""
+    return per_graph if node_graph is None else per_graph[node_graph]
+
+
 class FastEGCL(nn.Module):
     """One FastEGNN layer (the equations of the module docstring).
 
@@ -73,7 +97,9 @@ class FastEGCL(nn.Module):
         node_mask: `[M]` bool, the real nodes (the virtual nodes talk to these only).
         h: `[M, H]` node features; x: `[M, n]` positions; v: `[M, n]` or None.
         edge_attr: real-real edge attributes in the backend's layout, or None.
-        virtual_h: `[C, H]`; virtual_x: `[C, n]`.
+        virtual_h: `[G, C, H]`; virtual_x: `[G, C, n]`: the C virtual nodes of each of G
+            graphs.
+        node_graph: `[M]` int, the graph of each node (a packed batch), or None: G = 1.
 
     Returns:
         `(h, x, virtual_h, virtual_x)` updated, same shapes.
@@ -82,7 +108,9 @@ class FastEGCL(nn.Module):
     config: FastEGNNConfig
 
     @nn.compact
-    def __call__(self, graph: Graph, node_mask, h, x, v, edge_attr, virtual_h, virtual_x):
+    def __call__(
+        self, graph: Graph, node_mask, h, x, v, edge_attr, virtual_h, virtual_x, node_graph=None
+    ):
         cfg = self.config
         width, act, dtype = cfg.hidden_features, nn.silu, h.dtype
 
@@ -100,7 +128,11 @@ class FastEGCL(nn.Module):
             return jnp.tanh(w) if cfg.tanh else w
 
         f = h.shape[-1]
-        c = virtual_x.shape[0]
+        num_graphs, c = virtual_x.shape[:2]
+
+        def mean_per_graph(a):
+            return graph_mean(a, node_mask, node_graph, num_graphs)
+
         a = 0 if edge_attr is None else edge_attr.shape[-1]
 
         # Real-real messages phi_e (EGNN's, with h_i and h_j projected once per node), as a
@@ -139,14 +171,15 @@ class FastEGCL(nn.Module):
         )
 
         # Real-virtual messages phi_ev, from h_i, s_c, |z_c - x_i| and the Gram row G_c.
-        to_virtual = virtual_x[None, :, :] - x[:, None, :]  # [M, C, n]: z_c - x_i
+        # Each node sees the C virtual nodes of its own graph.
+        to_virtual = _per_node(virtual_x, node_graph) - x[:, None, :]  # [M, C, n]: z_c - x_i
         distance = _safe_norm(jnp.sum(to_virtual * to_virtual, axis=-1))  # [M, C]
-        centred = virtual_x - masked_mean(x, node_mask)[None, :]
-        gram = centred @ centred.T  # [C, C]
+        centred = virtual_x - mean_per_graph(x)[:, None, :]  # [G, C, n]
+        gram = jnp.einsum("gcn,gdn->gcd", centred, centred)  # [G, C, C]
         k_virt, b_virt = DenseParams(2 * f + 1 + c, width, name="virtual_edge_in")(dtype)
         per_node = h @ k_virt[:f]  # [M, H]
-        per_channel = virtual_h @ k_virt[f : 2 * f] + gram @ k_virt[2 * f + 1 :]  # [C, H]
-        mv = per_node[:, None, :] + per_channel[None, :, :] + _row(b_virt, 3)
+        per_channel = virtual_h @ k_virt[f : 2 * f] + gram @ k_virt[2 * f + 1 :]  # [G, C, H]
+        mv = per_node[:, None, :] + _per_node(per_channel, node_graph) + _row(b_virt, 3)
         mv = mv + distance[..., None] * _row(k_virt[2 * f], 3)
         mv = act(dense(width, name="virtual_edge_out")(act(mv)))  # [M, C, H]
         if cfg.attention:
@@ -165,9 +198,7 @@ class FastEGCL(nn.Module):
             x_new = x_new + phi_v * v
 
         # Coordinates of the virtual nodes: the mean over the real nodes.
-        virtual_x_new = virtual_x + masked_mean(
-            to_virtual * coord_mlp(mv, "virtual_position"), node_mask
-        )
+        virtual_x_new = virtual_x + mean_per_graph(to_virtual * coord_mlp(mv, "virtual_position"))
 
         # Features: real nodes see the mean real message and every virtual message in order.
         m_i = m_sum * inv_degree
@@ -176,7 +207,7 @@ class FastEGCL(nn.Module):
         out = _linear(f, width, dtype, "node_out")(act(out))
         h_new = h + out if cfg.residual else out
 
-        virtual_in = jnp.concatenate([virtual_h, masked_mean(mv, node_mask)], axis=-1)
+        virtual_in = jnp.concatenate([virtual_h, mean_per_graph(mv)], axis=-1)
         out = _linear(width, virtual_in.shape[-1], dtype, "virtual_node_hidden")(virtual_in)
         out = _linear(virtual_h.shape[-1], width, dtype, "virtual_node_out")(act(out))
         virtual_h_new = virtual_h + out if cfg.residual else out
@@ -190,18 +221,21 @@ class FastEGNN(nn.Module):
     Attributes:
         config: `FastEGNNConfig`.
 
-    Call arguments: as `FastEGCL` without the virtual nodes (their positions start at the
-    real nodes' centre of mass, their features at the learned `virtual_features`), with `h`
-    of any width F.
+    Call arguments: as `FastEGCL` without the virtual nodes (their positions start at each
+    graph's centre of mass, their features at the learned `virtual_features`), with `h` of
+    any width F, and `num_graphs` G (static) with `node_graph`.
 
     Returns:
-        `FastEGNNOutput`.
+        `FastEGNNOutput`; its virtual fields are `[G, C, ...]` with `node_graph`, `[C, ...]`
+        without.
     """
 
     config: FastEGNNConfig
 
     @nn.compact
-    def __call__(self, graph: Graph, node_mask, h, x, v=None, edge_attr=None):
+    def __call__(
+        self, graph: Graph, node_mask, h, x, v=None, edge_attr=None, node_graph=None, num_graphs=1
+    ):
         cfg = self.config
         dtype = h.dtype
         h = _linear(cfg.hidden_features, h.shape[-1], dtype, "embedding")(h)
@@ -213,14 +247,20 @@ class FastEGNN(nn.Module):
             (cfg.virtual_channels, cfg.hidden_features),
             dtype,
         )
-        centre = masked_mean(x, node_mask)
-        virtual_x = jnp.broadcast_to(centre[None, :], (cfg.virtual_channels, x.shape[-1]))
+        num_graphs = 1 if node_graph is None else num_graphs
+        virtual_h = jnp.broadcast_to(virtual_h, (num_graphs,) + virtual_h.shape)
+        centre = graph_mean(x, node_mask, node_graph, num_graphs)  # [G, n]
+        virtual_x = jnp.broadcast_to(
+            centre[:, None, :], (num_graphs, cfg.virtual_channels, x.shape[-1])
+        )
         for i in range(cfg.num_layers):
             h, x, virtual_h, virtual_x = FastEGCL(cfg, name=f"layer_{i}")(
-                graph, node_mask, h, x, v, edge_attr, virtual_h, virtual_x
+                graph, node_mask, h, x, v, edge_attr, virtual_h, virtual_x, node_graph
             )
         if cfg.out_features is not None:
             h = _linear(cfg.out_features, cfg.hidden_features, dtype, "readout")(h)
+        if node_graph is None:
+            virtual_h, virtual_x = virtual_h[0], virtual_x[0]
         return FastEGNNOutput(h, x, virtual_h, virtual_x)
 
 
@@ -232,8 +272,10 @@ def mmd_loss(
     sigma: float = 1.5,
     num_samples: int | None = None,
     node_mask: jax.Array | None = None,
+    node_graph: jax.Array | None = None,
+    graph_mask: jax.Array | None = None,
 ) -> jax.Array:
-    """FastEGNN's MMD regulariser between real positions and the virtual nodes (one graph).
+    """FastEGNN's MMD regulariser between real positions and the virtual nodes.
 
     As the reference training loop computes it (`utils/train.py`): with the kernel
     k(a, b) = exp(-|a - b| / (2 sigma^2)) (the distance, not its square) and S real nodes
@@ -250,10 +292,21 @@ def mmd_loss(
         sigma: kernel width (reference: 1.5).
         num_samples: S (static); default 3 C (reference: `--sample 3`), at most M.
         node_mask: `[M]` bool, the real nodes (padding nodes are never drawn).
+        node_graph: `[M]` int, for a packed batch of G graphs (`egnn_jax.GraphBatch`):
+            each node's graph; then `virtual_x` is `[G, C, n]` and the loss is the mean of
+            the graphs' losses (each draws its S nodes among its own).
+        graph_mask: `[G]` bool, the real graphs (the mean skips the others); with
+            `node_graph` only, default all.
 
     Returns:
         The scalar loss.
     """
+    if node_graph is not None:
+        return _packed_mmd_loss(
+            key, x, virtual_x, sigma, num_samples, node_mask, node_graph, graph_mask
+        )
+    if graph_mask is not None:
+        raise ValueError("graph_mask goes with node_graph (a packed batch)")
     m, c = x.shape[0], virtual_x.shape[0]
     samples = min(3 * c if num_samples is None else num_samples, m)
     if samples < 1:
@@ -272,3 +325,28 @@ def mmd_loss(
     k_rv = jnp.sum(kernel(x[drawn], virtual_x) * valid[:, None])
     l_rv = 2 * k_rv / (jnp.maximum(jnp.sum(valid), 1.0) * c)
     return l_vv - l_rv
+
+
+def _packed_mmd_loss(key, x, virtual_x, sigma, num_samples, node_mask, node_graph, graph_mask):
+    if virtual_x.ndim != 3:
+        raise ValueError(f"with node_graph, virtual_x must be [G, C, n], got {virtual_x.shape}")
+    num_graphs, m = virtual_x.shape[0], x.shape[0]
+    if node_graph.shape != (m,):
+        raise ValueError(f"node_graph must be [M={m}], got {node_graph.shape}")
+    if graph_mask is None:
+        graph_mask = jnp.ones((num_graphs,), bool)
+    if graph_mask.shape != (num_graphs,):
+        raise ValueError(f"graph_mask must be [G={num_graphs}], got {graph_mask.shape}")
+    if node_mask is None:
+        node_mask = jnp.ones((m,), bool)
+
+    # One graph at a time over all M nodes, its own masked: O(G M), simple and exact.
+    def one(key, g, z):
+        return mmd_loss(
+            key, x, z, sigma=sigma, num_samples=num_samples, node_mask=node_mask & (node_graph == g)
+        )
+
+    keys = jax.random.split(key, num_graphs)
+    losses = jax.vmap(one)(keys, jnp.arange(num_graphs), virtual_x)
+    weight = graph_mask.astype(losses.dtype)
+    return jnp.sum(losses * weight) / jnp.maximum(jnp.sum(weight), 1.0)

@@ -15,16 +15,31 @@ There is no periodic `box` (unlike `egnn_jax.apply`): the virtual nodes start at
 mass and move relative to the real nodes, which has no meaning in a periodic cell; feed it
 non-periodic edge lists (`radius_graph` without `box`, or `shortest_edges`).
 
-Batch with `jax.vmap` over graphs of one padded size (every graph has its own virtual nodes,
-so a disjoint union of graphs in one edge list would share them: vmap instead). The layer's
-equations and the choices taken from the reference code are in `egnn_jax._fastegnn`.
+Batch with `jax.vmap` over graphs of one padded size, or pack graphs of different sizes
+into one edge list (`egnn_jax.pack_graphs`) and say which graph each node belongs to, so
+that every graph gets its own C virtual nodes:
+
+    b = egnn_jax.pack_graphs(graphs, max_nodes=..., max_edges=..., max_graphs=G)
+    out = egnn_jax.fastegnn.apply(params, config, b.h, b.x, v=b.v, edge_attr=b.edge_attr,
+                                  node_mask=b.node_mask, senders=b.senders,
+                                  receivers=b.receivers, edge_mask=b.edge_mask,
+                                  node_graph=b.node_graph, graph_mask=b.graph_mask)
+    out.virtual_x  # [G, C, n]
+    egnn_jax.fastegnn.mmd_loss(key, out.x, out.virtual_x, node_mask=b.node_mask,
+                               node_graph=b.node_graph, graph_mask=b.graph_mask)
+
+The layer's equations and the choices taken from the reference code are in
+`egnn_jax._fastegnn`.
 """
 
 from __future__ import annotations
 
 import functools
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from ._api import (
     _check_indices_if_concrete,
@@ -77,6 +92,47 @@ def _validate(config, h, x, v, edge_attr, node_mask, senders, receivers, edge_ma
     return graph, _checked_node_mask(node_mask, h.shape[0])
 
 
+def _validate_packing(node_graph, graph_mask, num_nodes: int, sparse: bool) -> int:
+    """Static checks of a packed batch's `node_graph [M]` and `graph_mask [G]`; returns G."""
+    if node_graph is None and graph_mask is None:
+        return 1
+    if node_graph is None or graph_mask is None:
+        raise ValueError("node_graph and graph_mask go together (a packed batch)")
+    if not sparse:
+        raise ValueError(
+            "a packed batch (node_graph) needs an edge list (senders, receivers): a dense "
+            "graph would join every node of every graph"
+        )
+    if node_graph.shape != (num_nodes,) or not jnp.issubdtype(node_graph.dtype, jnp.integer):
+        raise ValueError(
+            f"node_graph must be an int array of shape ({num_nodes},), got shape "
+            f"{getattr(node_graph, 'shape', None)} dtype {getattr(node_graph, 'dtype', None)}"
+        )
+    if graph_mask.ndim != 1 or graph_mask.dtype != jnp.bool_ or graph_mask.shape[0] < 1:
+        raise ValueError(
+            f"graph_mask must be a non-empty bool array [G], got shape "
+            f"{getattr(graph_mask, 'shape', None)} dtype {getattr(graph_mask, 'dtype', None)}"
+        )
+    return graph_mask.shape[0]
+
+
+def _check_node_graph_if_concrete(node_graph, graph_mask):
+    if node_graph is None or graph_mask is None or isinstance(node_graph, jax.core.Tracer):
+        return
+    a = np.asarray(node_graph)
+    g = np.shape(graph_mask)[0] if np.ndim(graph_mask) == 1 else None
+    if g is not None and a.size and (a.min() < 0 or a.max() >= g):
+        raise ValueError(f"node_graph has graphs in [{a.min()}, {a.max()}], outside [0, {g})")
+
+
+def _checked_node_graph(node_graph, num_graphs: int):
+    if node_graph is None:
+        return None
+    bad = jnp.any((node_graph < 0) | (node_graph >= num_graphs))
+    bad = eqx.error_if(bad, bad, f"egnn_jax.fastegnn: node_graph out of range [0, {num_graphs})")
+    return jnp.where(bad, jnp.zeros_like(node_graph), node_graph)
+
+
 def _check_params(params, config: FastEGNNConfig, h, edge_attr):
     """Clear errors when params were initialised for other widths, depths or channels."""
     _api_check_params(params, h, edge_attr, init_name="egnn_jax.fastegnn.init")
@@ -103,17 +159,46 @@ def _check_params(params, config: FastEGNNConfig, h, edge_attr):
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask):
+def _init(
+    key,
+    config,
+    h,
+    x,
+    v,
+    edge_attr,
+    node_mask,
+    senders,
+    receivers,
+    edge_mask,
+    node_graph,
+    graph_mask,
+):
     graph, mask = _validate(config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask)
-    return FastEGNN(config).init(key, graph, mask, h, x, v, edge_attr)
+    g = _validate_packing(node_graph, graph_mask, h.shape[0], senders is not None)
+    return FastEGNN(config).init(key, graph, mask, h, x, v, edge_attr, node_graph, g)
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def _apply(params, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask):
+def _apply(
+    params,
+    config,
+    h,
+    x,
+    v,
+    edge_attr,
+    node_mask,
+    senders,
+    receivers,
+    edge_mask,
+    node_graph,
+    graph_mask,
+):
     graph, mask = _validate(config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask)
+    g = _validate_packing(node_graph, graph_mask, h.shape[0], senders is not None)
     _check_params(params, config, h, edge_attr)
     graph = _checked_indices(graph, "egnn_jax.fastegnn.apply")
-    return FastEGNN(config).apply(params, graph, mask, h, x, v, edge_attr)
+    node_graph = _checked_node_graph(node_graph, g)
+    return FastEGNN(config).apply(params, graph, mask, h, x, v, edge_attr, node_graph, g)
 
 
 def init(
@@ -127,6 +212,8 @@ def init(
     senders=None,
     receivers=None,
     edge_mask=None,
+    node_graph=None,
+    graph_mask=None,
 ):
     """Initialise the parameters of a FastEGNN stack (pure; jit-compiled).
 
@@ -141,7 +228,21 @@ def init(
     """
     if senders is not None:
         _check_indices_if_concrete(senders, receivers, h.shape[0])
-    return _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask)
+    _check_node_graph_if_concrete(node_graph, graph_mask)
+    return _init(
+        key,
+        config,
+        h,
+        x,
+        v,
+        edge_attr,
+        node_mask,
+        senders,
+        receivers,
+        edge_mask,
+        node_graph,
+        graph_mask,
+    )
 
 
 def apply(
@@ -155,8 +256,11 @@ def apply(
     senders=None,
     receivers=None,
     edge_mask=None,
+    node_graph=None,
+    graph_mask=None,
 ) -> FastEGNNOutput:
-    """Run a FastEGNN stack on one graph (pure; jit-compiled; composes with vmap and grad).
+    """Run a FastEGNN stack on one graph or a packed batch (pure; jit-compiled; composes
+    with vmap and grad).
 
     The real-real messages run on the graph given: dense (the complete graph over the nodes
     where `node_mask` is True) or sparse (`senders[e] -> receivers[e]`, e.g. from
@@ -174,16 +278,38 @@ def apply(
         node_mask: `[M]` bool, False for padding nodes (dense and sparse); None: all real.
         senders, receivers: `[E]` int (sparse only).
         edge_mask: `[E]` bool (sparse only): False for edges that carry nothing.
+        node_graph: `[M]` int (sparse only, with `graph_mask`): the graph of each node of a
+            packed batch (`egnn_jax.GraphBatch.node_graph`); each graph gets its own C
+            virtual nodes, which see its real nodes only.
+        graph_mask: `[G]` bool (`GraphBatch.graph_mask`); its length G is the number of
+            graphs (static), padding graphs included.
 
     Returns:
         `FastEGNNOutput(h, x, virtual_h, virtual_x)`: h `[M, out_features or
-        hidden_features]`, x `[M, n]`, virtual_h `[C, hidden_features]`, virtual_x `[C, n]`.
+        hidden_features]`, x `[M, n]`, virtual_h `[C, hidden_features]`, virtual_x `[C, n]`
+        (`[G, C, ...]` for a packed batch).
 
     Raises:
         ValueError: at trace time for wrong ranks, shapes or dtypes (naming the argument),
             an empty graph, a missing or extra `v`, params of another width, depth, channel
-            count or velocity setting; in eager calls, edge indices outside `[0, M)`.
+            count or velocity setting, `node_graph` without `graph_mask` or on a dense graph;
+            in eager calls, edge indices outside `[0, M)` or graphs outside `[0, G)` (under
+            jit these raise at run time).
     """
     if senders is not None:
         _check_indices_if_concrete(senders, receivers, h.shape[0])
-    return _apply(params, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask)
+    _check_node_graph_if_concrete(node_graph, graph_mask)
+    return _apply(
+        params,
+        config,
+        h,
+        x,
+        v,
+        edge_attr,
+        node_mask,
+        senders,
+        receivers,
+        edge_mask,
+        node_graph,
+        graph_mask,
+    )
