@@ -64,8 +64,18 @@ __all__ = [
 ]
 
 
-def _validate(config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask):
-    """Static (trace-time) checks; returns the real-real graph backend and the node mask."""
+def _validate(
+    config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, node_graph, graph_mask
+):
+    """Static (trace-time) checks; returns the real-real graph backend, the node mask and
+    the number of graphs G."""
+    graph, mask = _validate_graph_and_mask(
+        config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask
+    )
+    return graph, mask, _validate_packing(node_graph, graph_mask, h.shape[0], senders is not None)
+
+
+def _validate_graph_and_mask(config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask):
     if not isinstance(config, FastEGNNConfig):
         raise TypeError(f"config must be an egnn_jax.FastEGNNConfig, got {type(config).__name__}")
     sparse = senders is not None
@@ -116,7 +126,10 @@ def _validate_packing(node_graph, graph_mask, num_nodes: int, sparse: bool) -> i
     return graph_mask.shape[0]
 
 
-def _check_node_graph_if_concrete(node_graph, graph_mask):
+def _check_if_concrete(h, senders, receivers, node_graph, graph_mask):
+    """Eager calls get a ValueError for out-of-range edges or graphs before tracing."""
+    if senders is not None:
+        _check_indices_if_concrete(senders, receivers, h.shape[0])
     if node_graph is None or graph_mask is None or isinstance(node_graph, jax.core.Tracer):
         return
     a = np.asarray(node_graph)
@@ -173,8 +186,9 @@ def _init(
     node_graph,
     graph_mask,
 ):
-    graph, mask = _validate(config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask)
-    g = _validate_packing(node_graph, graph_mask, h.shape[0], senders is not None)
+    graph, mask, g = _validate(
+        config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, node_graph, graph_mask
+    )
     return FastEGNN(config).init(key, graph, mask, h, x, v, edge_attr, node_graph, g)
 
 
@@ -193,8 +207,9 @@ def _apply(
     node_graph,
     graph_mask,
 ):
-    graph, mask = _validate(config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask)
-    g = _validate_packing(node_graph, graph_mask, h.shape[0], senders is not None)
+    graph, mask, g = _validate(
+        config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, node_graph, graph_mask
+    )
     _check_params(params, config, h, edge_attr)
     graph = _checked_indices(graph, "egnn_jax.fastegnn.apply")
     node_graph = _checked_node_graph(node_graph, g)
@@ -226,9 +241,7 @@ def init(
         A Flax parameter tree (`{"params": ...}`) in the floating dtype of `x`; its
         ``virtual_features [C, hidden_features]`` are the virtual nodes' initial features.
     """
-    if senders is not None:
-        _check_indices_if_concrete(senders, receivers, h.shape[0])
-    _check_node_graph_if_concrete(node_graph, graph_mask)
+    _check_if_concrete(h, senders, receivers, node_graph, graph_mask)
     return _init(
         key,
         config,
@@ -296,9 +309,7 @@ def apply(
             in eager calls, edge indices outside `[0, M)` or graphs outside `[0, G)` (under
             jit these raise at run time).
     """
-    if senders is not None:
-        _check_indices_if_concrete(senders, receivers, h.shape[0])
-    _check_node_graph_if_concrete(node_graph, graph_mask)
+    _check_if_concrete(h, senders, receivers, node_graph, graph_mask)
     return _apply(
         params,
         config,
