@@ -71,6 +71,14 @@ def retain_freed_memory() -> bool:
     return bool(ok)
 
 
+def _version(pkg: str) -> str:
+    # A GPU machine runs the repository from PYTHONPATH=src, without installing it.
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return "not installed (PYTHONPATH)"
+
+
 def machine() -> dict:
     device = jax.devices()[0]
     return {
@@ -79,8 +87,7 @@ def machine() -> dict:
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "versions": {
-            pkg: metadata.version(pkg)
-            for pkg in ("jax", "jaxlib", "flax", "optax", "diffrax", "egnn-jax")
+            pkg: _version(pkg) for pkg in ("jax", "jaxlib", "flax", "optax", "diffrax", "egnn-jax")
         },
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
