@@ -21,19 +21,35 @@ from egnn_jax.experiments import collisions
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("collisions")
-    data_dir = tmp_path_factory.mktemp("collisions_data")
+# The fast suite leaves out `contact_step_log` (the contact step with another loss);
+# `make test-slow` runs every model.
+FAST_MODELS = ("linear", "naive_egnn", "contact_step", "contact_projected")
+
+
+def _quick(workdir, data_dir, models=None):
     argv = ["--quick", "--workdir", str(workdir), "--data-dir", str(data_dir), "--no-progress"]
-    assert collisions.main(argv) == 0
+    assert collisions.main(argv + (["--models", ",".join(models)] if models else [])) == 0
     return workdir, json.loads((workdir / "metrics.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("collisions")
+    return _quick(workdir, tmp_path_factory.mktemp("collisions_data"), FAST_MODELS)
+
+
 def test_quick_run_scores_every_model(quick_run):
-    workdir, metrics = quick_run
+    _check_quick_run(*quick_run, FAST_MODELS)
+
+
+@pytest.mark.slow  # every model
+def test_quick_run_of_every_model(tmp_path):
+    _check_quick_run(*_quick(tmp_path / "w", tmp_path / "data"), collisions.MODEL_NAMES)
+
+
+def _check_quick_run(workdir, metrics, models):
     cfg = collisions.quick_config()
-    assert list(metrics["config"]["models"]) == list(collisions.MODEL_NAMES)
+    assert list(metrics["config"]["models"]) == list(models)
     command = metrics["data"]["simulator_command"]
     assert command.startswith("python -m egnn_jax.sim collisions --n 96 --seed 0")
     assert "--n-saved 41" in command and f"--t-end {cfg.t_end!r}" in command
@@ -69,7 +85,7 @@ def test_evaluate_prints_the_rollout_contract(quick_run, tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert len(out["t"]) == cfg.n_saved
-    assert set(out["models"]) == set(collisions.MODEL_NAMES)
+    assert set(out["models"]) == set(FAST_MODELS)  # every model of the workdir
     for row in out["models"].values():
         assert len(row["mse"]) == cfg.n_saved and row["mse"][0] == pytest.approx(0.0, abs=1e-12)
     wrong = tmp_path / "wrong.npz"

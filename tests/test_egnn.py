@@ -438,7 +438,8 @@ _BOUNDED = dict(tanh=True, coords_range=2.0, coords_clamp=0.05, normalize="clean
 @pytest.mark.parametrize(
     "edge_chunk_size, remat, options",
     [
-        (1, False, {}),
+        # One edge per chunk: 400 scan steps to compile and run; `make test-slow`.
+        pytest.param(1, False, {}, marks=pytest.mark.slow),
         (7, False, {}),
         (64, False, _BOUNDED),
         (399, False, {}),  # two chunks of 200 (E = 400); 400 is the one-pass path

@@ -129,7 +129,9 @@ def test_dense_equals_sparse_complete_graph():
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("edge_chunk_size", [5, 35])  # 36 edges: 8 chunks of 5, or 2 of 18
+@pytest.mark.parametrize(  # 36 edges: 8 chunks of 5 (`make test-slow`), or 2 of 18
+    "edge_chunk_size", [pytest.param(5, marks=pytest.mark.slow), 35]
+)
 def test_edge_chunks_compute_the_same_values_and_gradients(edge_chunk_size):
     """`FastEGNNConfig(edge_chunk_size=C)` reorders the real-real sums only (float64)."""
     config = dataclasses.replace(CONFIG, attention=True, normalize=True, tanh=True)

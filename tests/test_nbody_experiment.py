@@ -192,7 +192,10 @@ RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results" / "nbo
 
 @pytest.mark.parametrize(
     ("workdir", "sampler", "seed"),
-    [(RESULTS, "jax", 0), (RESULTS / "paper_data", "numpy-legacy", 43)],
+    [  # our data (the same code path, its own committed table): `make test-slow`
+        pytest.param(RESULTS, "jax", 0, marks=pytest.mark.slow),
+        (RESULTS / "paper_data", "numpy-legacy", 43),
+    ],
     ids=["our_data", "paper_data"],
 )
 def test_committed_models_reproduce_the_committed_table(workdir, sampler, seed, tmp_path):

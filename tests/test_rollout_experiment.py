@@ -35,21 +35,38 @@ def data_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("rollout_data")
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory, data_dir):
-    workdir = tmp_path_factory.mktemp("rollout")
+# The fast suite's quick run: one model of each code path (frame model, step model,
+# integrated force field, the fixed baselines). The unrolled-window step models and the
+# potential (a second derivative) double its compile time; `make test-slow` runs them all.
+FAST_MODELS = ("linear", "one_shot", "naive_step", "force_field", "true_simulator")
+
+
+def _quick(workdir, data_dir, models=None):
     argv = ["--quick", "--workdir", str(workdir), "--data-dir", str(data_dir), "--no-progress"]
-    assert rollout.main(argv) == 0
+    assert rollout.main(argv + (["--models", ",".join(models)] if models else [])) == 0
     return workdir, json.loads((workdir / "metrics.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, data_dir):
+    return _quick(tmp_path_factory.mktemp("rollout"), data_dir, FAST_MODELS)
+
+
 def test_quick_run_reports_every_model_along_time(quick_run):
-    workdir, metrics = quick_run
-    cfg = rollout.quick_config()
+    _check_quick_run(*quick_run, list(FAST_MODELS))
+
+
+@pytest.mark.slow  # ~90 s: every model
+def test_quick_run_of_every_three_body_model(tmp_path, data_dir):
     off = rollout.CHARGED_ONLY + rollout.ON_DEMAND
     three_body = [m for m in rollout.MODEL_NAMES if m not in off]
-    assert list(metrics["config"]["models"]) == three_body
-    assert set(metrics["models"]) == set(three_body)
+    _check_quick_run(*_quick(tmp_path, data_dir), three_body)
+
+
+def _check_quick_run(workdir, metrics, models):
+    cfg = rollout.quick_config()
+    assert list(metrics["config"]["models"]) == models
+    assert set(metrics["models"]) == set(models)
     for name, row in metrics["models"].items():
         assert len(row["test_mse_curve"]) == cfg.frames, name
         assert row["test_mse_curve"][0] == pytest.approx(0.0, abs=1e-12), name  # the first state
