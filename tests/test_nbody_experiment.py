@@ -195,8 +195,10 @@ RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results" / "nbo
     [  # our data (the same code path, its own committed table): `make test-slow`
         pytest.param(RESULTS, "jax", 0, marks=pytest.mark.slow),
         (RESULTS / "paper_data", "numpy-legacy", 43),
+        # HEGNN with HEGNN's gradient clip, on the same paper data: `make test-slow`
+        pytest.param(RESULTS / "paper_data_clip10", "numpy-legacy", 43, marks=pytest.mark.slow),
     ],
-    ids=["our_data", "paper_data"],
+    ids=["our_data", "paper_data", "paper_data_clip10"],
 )
 def test_committed_models_reproduce_the_committed_table(workdir, sampler, seed, tmp_path):
     """A fresh clone regenerates the test split bit for bit (on any x86 vector unit) and the
