@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def clean_env() -> dict[str, str]:
@@ -32,3 +34,14 @@ def run_module(module: str, *args, check: bool = False, timeout: int = 600):
         text=True,
         timeout=timeout,
     )
+
+
+def run_quick(experiment, workdir: Path, data_dir: Path | None = None, models=None):
+    """``python -m egnn_jax.experiments.<experiment> --quick`` in this process (its compiled
+    programs then serve the file's other tests), for `models` only if given: the workdir and
+    its metrics.json."""
+    argv = ["--quick", "--workdir", str(workdir), "--no-progress"]
+    argv += ["--data-dir", str(data_dir)] if data_dir is not None else []
+    argv += ["--models", ",".join(models)] if models else []
+    assert experiment.main(argv) == 0
+    return workdir, json.loads((workdir / "metrics.json").read_text())

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _cli import run_module
+from _cli import run_module, run_quick
 
 import egnn_jax
 from egnn_jax import dynamics as dyn
@@ -26,16 +26,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAST_MODELS = ("linear", "naive_egnn", "contact_step", "contact_projected")
 
 
-def _quick(workdir, data_dir, models=None):
-    argv = ["--quick", "--workdir", str(workdir), "--data-dir", str(data_dir), "--no-progress"]
-    assert collisions.main(argv + (["--models", ",".join(models)] if models else [])) == 0
-    return workdir, json.loads((workdir / "metrics.json").read_text())
-
-
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("collisions")
-    return _quick(workdir, tmp_path_factory.mktemp("collisions_data"), FAST_MODELS)
+    return run_quick(collisions, workdir, tmp_path_factory.mktemp("collisions_data"), FAST_MODELS)
 
 
 def test_quick_run_scores_every_model(quick_run):
@@ -44,7 +38,8 @@ def test_quick_run_scores_every_model(quick_run):
 
 @pytest.mark.slow  # every model
 def test_quick_run_of_every_model(tmp_path):
-    _check_quick_run(*_quick(tmp_path / "w", tmp_path / "data"), collisions.MODEL_NAMES)
+    run = run_quick(collisions, tmp_path / "w", tmp_path / "data")
+    _check_quick_run(*run, collisions.MODEL_NAMES)
 
 
 def _check_quick_run(workdir, metrics, models):

@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from _cli import native_env, run_module
+from _cli import native_env, run_module, run_quick
 
 from egnn_jax.experiments import complexes
 from egnn_jax.experiments._models import ModelSpec
@@ -24,15 +24,9 @@ from egnn_jax.sim import ComplexesConfig, complex_sizes, load_dataset
 FAST_MODELS = ("linear", "egnn", "eghn")
 
 
-def _quick(workdir, models=None):
-    argv = ["--quick", "--workdir", str(workdir), "--no-progress"]
-    assert complexes.main(argv + (["--models", ",".join(models)] if models else [])) == 0
-    return workdir, json.loads((workdir / "metrics.json").read_text())
-
-
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    return _quick(tmp_path_factory.mktemp("complexes"), FAST_MODELS)
+    return run_quick(complexes, tmp_path_factory.mktemp("complexes"), models=FAST_MODELS)
 
 
 def _padded_batch(pad):
@@ -110,7 +104,7 @@ def test_quick_run_trains_every_model_and_draws_the_clusters(quick_run):
 
 @pytest.mark.slow  # ~70 s: every model
 def test_quick_run_of_every_model(tmp_path):
-    _check_quick_run(*_quick(tmp_path), complexes.MODEL_NAMES)
+    _check_quick_run(*run_quick(complexes, tmp_path), complexes.MODEL_NAMES)
 
 
 def _check_quick_run(workdir, metrics, models):

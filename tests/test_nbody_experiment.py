@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _cli import native_env
+from _cli import native_env, run_quick
 
 from egnn_jax.experiments import FingerprintMismatchError, RunExistsError, nbody_charged
 from egnn_jax.experiments._experiment import batch_hash
@@ -24,10 +24,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory, data_dir):
-    workdir = tmp_path_factory.mktemp("nbody")
-    argv = ["--quick", "--workdir", str(workdir), "--data-dir", str(data_dir), "--no-progress"]
-    assert nbody_charged.main(argv) == 0
-    return workdir, json.loads((workdir / "metrics.json").read_text())
+    return run_quick(nbody_charged, tmp_path_factory.mktemp("nbody"), data_dir)
 
 
 def test_featurise_matches_reference_features():

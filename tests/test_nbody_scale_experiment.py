@@ -7,17 +7,14 @@ import json
 
 import numpy as np
 import pytest
-from _cli import run_module
+from _cli import run_module, run_quick
 
 from egnn_jax.experiments import nbody_scale
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("nbody_scale")
-    argv = ["--quick", "--workdir", str(workdir), "--no-progress"]
-    assert nbody_scale.main(argv) == 0
-    return workdir, json.loads((workdir / "metrics.json").read_text())
+    return run_quick(nbody_scale, tmp_path_factory.mktemp("nbody_scale"))
 
 
 def test_inputs_are_the_reference_ones():

@@ -12,7 +12,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _cli import native_env, run_module
+from _cli import native_env, run_module, run_quick
 
 from egnn_jax.dynamics import State
 from egnn_jax.experiments import rollout
@@ -41,31 +41,25 @@ def data_dir(tmp_path_factory):
 FAST_MODELS = ("linear", "one_shot", "naive_step", "force_field", "true_simulator")
 
 
-def _quick(workdir, data_dir, models=None):
-    argv = ["--quick", "--workdir", str(workdir), "--data-dir", str(data_dir), "--no-progress"]
-    assert rollout.main(argv + (["--models", ",".join(models)] if models else [])) == 0
-    return workdir, json.loads((workdir / "metrics.json").read_text())
-
-
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory, data_dir):
-    return _quick(tmp_path_factory.mktemp("rollout"), data_dir, FAST_MODELS)
+    return run_quick(rollout, tmp_path_factory.mktemp("rollout"), data_dir, FAST_MODELS)
 
 
 def test_quick_run_reports_every_model_along_time(quick_run):
-    _check_quick_run(*quick_run, list(FAST_MODELS))
+    _check_quick_run(*quick_run, FAST_MODELS)
 
 
 @pytest.mark.slow  # ~90 s: every model
 def test_quick_run_of_every_three_body_model(tmp_path, data_dir):
     off = rollout.CHARGED_ONLY + rollout.ON_DEMAND
     three_body = [m for m in rollout.MODEL_NAMES if m not in off]
-    _check_quick_run(*_quick(tmp_path, data_dir), three_body)
+    _check_quick_run(*run_quick(rollout, tmp_path, data_dir), three_body)
 
 
 def _check_quick_run(workdir, metrics, models):
     cfg = rollout.quick_config()
-    assert list(metrics["config"]["models"]) == models
+    assert list(metrics["config"]["models"]) == list(models)
     assert set(metrics["models"]) == set(models)
     for name, row in metrics["models"].items():
         assert len(row["test_mse_curve"]) == cfg.frames, name

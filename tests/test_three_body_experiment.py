@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _cli import run_module
+from _cli import run_module, run_quick
 
 from egnn_jax.experiments import FingerprintMismatchError, best_dir, load_params, three_body
 from egnn_jax.experiments._featurise import featurise, masses_vary
@@ -134,12 +134,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory, data_dir):
-    workdir = tmp_path_factory.mktemp("three_body_quick")
-    rc = three_body.main(
-        ["--quick", "--workdir", str(workdir), "--data-dir", str(data_dir), "--no-progress"]
-    )
-    assert rc == 0
-    return workdir, json.loads((workdir / "metrics.json").read_text())
+    return run_quick(three_body, tmp_path_factory.mktemp("three_body_quick"), data_dir)
 
 
 def test_quick_outputs(quick_run):
