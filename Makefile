@@ -36,6 +36,7 @@ bench: $(STAMP) ## Benchmarks; JSON lands in benchmarks/results/
 	$(PY) benchmarks/bench_rollout.py
 	$(PY) benchmarks/bench_hegnn.py
 	$(PY) benchmarks/bench_eghn.py
+	$(PY) benchmarks/bench_fastegnn.py
 	$(PY) benchmarks/bench_scale.py  # add --reference egnn_clean.py (and torch) for the authors' column
 	$(PY) benchmarks/bench_edge_chunks.py
 	$(PY) benchmarks/bench_sharded_graph.py

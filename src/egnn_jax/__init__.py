@@ -33,7 +33,7 @@ list for `egnn_jax.apply(..., senders=, receivers=, edge_mask=, box=L)`.
 
 One graph too large for a device: `egnn_jax.shard_edges(mesh, senders, receivers)` splits its
 edge list over a `jax.sharding.Mesh` (nodes replicated, node sums all-reduced) for the same
-`egnn_jax.apply`.
+`egnn_jax.apply` (with `edge_chunk_size`, also pass `edge_sharding=edges.edge_sharding`).
 
 Graphs of different sizes (a data set of molecules): `egnn_jax.pack_graphs(graphs,
 max_nodes=, max_edges=, max_graphs=)` packs them into one padded edge list of fixed shapes

@@ -8,6 +8,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
 from jaxtyping import Array, Float
 
 from ._config import EGNNConfig
@@ -217,11 +218,41 @@ def _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_m
     return EGNN(config).init(key, graph, h, x, v, edge_attr)
 
 
-@functools.partial(jax.jit, static_argnames="config")
-def _apply(params, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, box):
+@functools.partial(jax.jit, static_argnames=("config", "edge_sharding"))
+def _apply(
+    params, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, box, edge_sharding
+):
     graph = _validate(config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, box)
     _check_params(params, h, edge_attr)
+    graph = _with_edge_sharding(graph, edge_sharding)
     return _forward(params, config, _checked_indices(graph), h, x, v, edge_attr)
+
+
+def _with_edge_sharding(graph, edge_sharding):
+    """`graph` told how its edge arrays are split over devices (sparse graphs only)."""
+    if edge_sharding is None:
+        return graph
+    if not isinstance(graph, SparseGraph):
+        raise ValueError("edge_sharding is for sparse graphs (senders, receivers)")
+    if not isinstance(edge_sharding, NamedSharding):
+        raise TypeError(
+            "edge_sharding must be the jax.sharding.NamedSharding of the edge arrays "
+            f"(egnn_jax.shard_edges(...).edge_sharding), got {type(edge_sharding).__name__}"
+        )
+    spec = tuple(edge_sharding.spec)
+    if len(spec) != 1 or not isinstance(spec[0], str):
+        raise ValueError(
+            "edge_sharding must split the edge axis over one mesh axis, "
+            f"PartitionSpec(axis), got {edge_sharding.spec}"
+        )
+    devices = edge_sharding.mesh.shape[spec[0]]
+    num_edges = graph.senders.shape[0]
+    if num_edges % devices:
+        raise ValueError(
+            f"edge_sharding splits the edges over {devices} devices, but there are "
+            f"{num_edges}, not a multiple (egnn_jax.shard_edges pads them)"
+        )
+    return graph._replace(edge_sharding=edge_sharding)
 
 
 def _forward(
@@ -292,6 +323,7 @@ def apply(
     receivers=None,
     edge_mask=None,
     box=None,
+    edge_sharding=None,
 ):
     """Run an EGNN stack on one graph (pure; jit-compiled; composes with vmap and grad).
 
@@ -315,6 +347,12 @@ def apply(
             filler edges of `egnn_jax.radius_graph`; None means every edge is real.
         box: `[n]` or scalar side lengths of a periodic cell with its origin at 0: every
             relative vector x_i - x_j is its minimum image. None: no periodicity.
+        edge_sharding: sparse only, static: the `NamedSharding(mesh, PartitionSpec(axis))`
+            the edge arrays are split with (`egnn_jax.shard_edges(...).edge_sharding`; the
+            node arrays replicated). Each device then computes the messages of its own
+            edges (in chunks of `config.edge_chunk_size`, if set) into partial node sums,
+            reduced once per layer. None: XLA partitions whatever shardings the arrays
+            carry, which is as good without chunks and gathers every chunk with them.
 
     Returns:
         `(h_out, x_out)`: `[M, out_features or hidden_features]` invariant features and
@@ -332,4 +370,17 @@ def apply(
     if senders is not None:
         _check_indices_if_concrete(senders, receivers, h.shape[0])
     check_box(box, np.shape(x)[-1])
-    return _apply(params, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, box)
+    return _apply(
+        params,
+        config,
+        h,
+        x,
+        v,
+        edge_attr,
+        node_mask,
+        senders,
+        receivers,
+        edge_mask,
+        box,
+        edge_sharding,
+    )

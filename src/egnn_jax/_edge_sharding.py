@@ -6,6 +6,12 @@ edge list over a mesh axis and replicating the node arrays lets XLA's SPMD parti
 `egnn_jax.apply` unchanged: each device gathers its edges' end points from its full copy of
 the nodes, and every node sum (`segment_sum` over the receivers) becomes a per-device partial
 sum followed by one all-reduce. No edge array is ever gathered onto one device.
+
+Edge chunks (`EGNNConfig.edge_chunk_size`) are a `lax.scan` over the edge list, which the
+partitioner cannot split that way: it gathers the edge arrays onto every device, and every
+device computes every chunk. Passing `edge_sharding=ShardedEdges.edge_sharding` to
+`egnn_jax.apply` (or `fastegnn.apply`) runs the messages per device instead (a `shard_map`):
+each device scans its own edges into partial node sums, reduced once per layer.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ class ShardedEdges(NamedTuple):
     """An edge list padded to a multiple of a mesh axis' size and split along it.
 
     Pass the fields to `egnn_jax.apply` (or `hegnn.apply`, `fastegnn.apply`) as `senders=`,
-    `receivers=`, `edge_mask=`, `edge_attr=`; put the node arrays on `replicated`.
+    `receivers=`, `edge_mask=`, `edge_attr=` (and `edge_sharding=` to `egnn_jax.apply`,
+    needed with `EGNNConfig.edge_chunk_size`); put the node arrays on `replicated`.
 
     Fields:
         senders: `[E']` int32, E' = E rounded up to a multiple of the axis size; padding edges
@@ -30,6 +37,9 @@ class ShardedEdges(NamedTuple):
         edge_mask: `[E']` bool: False on the padding edges and on edges the caller masked.
         edge_attr: `[E', A]` attributes (zeros on padding edges), or None.
         replicated: the `NamedSharding` that puts an array whole on every device of the mesh.
+        edge_sharding: the `NamedSharding` of the edge arrays (split along the axis); pass it
+            to `egnn_jax.apply(..., edge_sharding=)` so that each device runs the layer's
+            edge work (chunked or not) on its own edges.
     """
 
     senders: jax.Array
@@ -37,6 +47,7 @@ class ShardedEdges(NamedTuple):
     edge_mask: jax.Array
     edge_attr: jax.Array | None
     replicated: NamedSharding
+    edge_sharding: NamedSharding
 
 
 def shard_edges(
@@ -97,4 +108,4 @@ def shard_edges(
     edges.append(padded(mask, False))
     put = [jax.device_put(a, split) for a in edges]
     attr = None if edge_attr is None else jax.device_put(padded(edge_attr, 0), split)
-    return ShardedEdges(*put, attr, NamedSharding(mesh, PartitionSpec()))
+    return ShardedEdges(*put, attr, NamedSharding(mesh, PartitionSpec()), split)

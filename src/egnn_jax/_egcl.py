@@ -147,22 +147,38 @@ class EGCL(nn.Module):
             blocks.append(k_vel)
         projected = jnp.split(h @ jnp.concatenate(blocks, axis=1), len(blocks), axis=1)
 
-        def messages(pair, diff, edge_attr):
+        # The per-edge function takes its parameters as an argument, not from the closure,
+        # so that the graph can hand them to a `shard_map` over edges (`edge_sharding`).
+        weights = {
+            "d2": k_edge[2 * f],
+            "edge_bias": b_edge,
+            "attr": k_edge[2 * f + 1 :],
+            "msg": (k_msg, b_msg),
+            "coord_hidden": (k_coord_hidden, b_coord_hidden),
+            "coord": k_coord,
+        }
+        if cfg.attention:
+            weights["attention"] = (k_att, b_att)
+        if cfg.edge_inference:
+            weights["inference"] = (k_inf, b_inf)
+
+        def messages(w, pair, diff, edge_attr):
             """Per edge: the message m_ij seen by phi_h and the coordinate update."""
             d2 = jnp.sum(diff * diff, axis=-1)
             # phi_e: message m_ij.
-            m = pair + d2[..., None] * _row(k_edge[2 * f], pair.ndim) + _row(b_edge, pair.ndim)
+            m = pair + d2[..., None] * _row(w["d2"], pair.ndim) + _row(w["edge_bias"], pair.ndim)
             if edge_attr is not None:
-                m = m + edge_attr @ k_edge[2 * f + 1 :]
+                m = m + edge_attr @ w["attr"]
             m = act(m)
-            m = act(m @ k_msg + _row(b_msg, m.ndim))
+            m = act(m @ w["msg"][0] + _row(w["msg"][1], m.ndim))
             if cfg.attention:
-                m = m * nn.sigmoid(m @ k_att + _row(b_att, m.ndim))
+                m = m * nn.sigmoid(m @ w["attention"][0] + _row(w["attention"][1], m.ndim))
 
             # phi_x: coordinate weights; tiny last layer so that training starts stable.
-            w = act(m @ k_coord_hidden + _row(b_coord_hidden, m.ndim)) @ k_coord
+            kernel, bias = w["coord_hidden"]
+            coord = act(m @ kernel + _row(bias, m.ndim)) @ w["coord"]
             if cfg.tanh:
-                w = jnp.tanh(w) * cfg.coords_range
+                coord = jnp.tanh(coord) * cfg.coords_range
             form = cfg.normalize_form
             if form == "clean":
                 # Unit directions with the norm detached (reference egnn_clean); eps keeps
@@ -170,16 +186,22 @@ class EGCL(nn.Module):
                 diff = diff / (jax.lax.stop_gradient(_safe_norm(d2))[..., None] + 1e-8)
             elif form == "nbody":
                 diff = diff / (_safe_norm(d2)[..., None] + 1.0)
-            trans = diff * w
+            trans = diff * coord
             if cfg.coords_clamp is not None:
                 trans = jnp.clip(trans, -cfg.coords_clamp, cfg.coords_clamp)
 
             if cfg.edge_inference:
-                m = m * nn.sigmoid(m @ k_inf + _row(b_inf, m.ndim))
+                m = m * nn.sigmoid(m @ w["inference"][0] + _row(w["inference"][1], m.ndim))
             return m, trans
 
         m_i, shift = graph.aggregate_messages(
-            messages, projected[0], projected[1], x, edge_attr, chunk_size=cfg.edge_chunk_size
+            messages,
+            projected[0],
+            projected[1],
+            x,
+            edge_attr,
+            chunk_size=cfg.edge_chunk_size,
+            weights=weights,
         )
         if cfg.coords_agg == "mean":
             shift = shift * graph.inv_degree(x.dtype)[:, None]

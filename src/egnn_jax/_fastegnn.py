@@ -147,19 +147,31 @@ class FastEGCL(nn.Module):
             width, 1, use_bias=False, kernel_init=_xavier_uniform(0.001), name="coord_out"
         )(dtype)
 
-        def messages(pair, diff, edge_attr):
+        weights = {
+            "d2": k_edge[2 * f],
+            "edge_bias": b_edge,
+            "attr": k_edge[2 * f + 1 :],
+            "msg": (k_msg, b_msg),
+            "coord_hidden": (k_coord_hidden, b_coord_hidden),
+            "coord": k_coord,
+        }
+        if cfg.attention:
+            weights["attention"] = (k_att, b_att)
+
+        def messages(w, pair, diff, edge_attr):
             """Per edge: the message m_ij and the coordinate update (x_i - x_j) phi_x(m_ij)."""
             d2 = jnp.sum(diff * diff, axis=-1)
-            m = pair + d2[..., None] * _row(k_edge[2 * f], pair.ndim) + _row(b_edge, pair.ndim)
+            m = pair + d2[..., None] * _row(w["d2"], pair.ndim) + _row(w["edge_bias"], pair.ndim)
             if edge_attr is not None:
-                m = m + edge_attr @ k_edge[2 * f + 1 :]
-            m = act(act(m) @ k_msg + _row(b_msg, m.ndim))
+                m = m + edge_attr @ w["attr"]
+            m = act(act(m) @ w["msg"][0] + _row(w["msg"][1], m.ndim))
             if cfg.attention:
-                m = m * nn.sigmoid(m @ k_att + _row(b_att, m.ndim))
+                m = m * nn.sigmoid(m @ w["attention"][0] + _row(w["attention"][1], m.ndim))
             if cfg.normalize:
                 diff = diff / (jax.lax.stop_gradient(_safe_norm(d2))[..., None] + 1e-8)
-            w = act(m @ k_coord_hidden + _row(b_coord_hidden, m.ndim)) @ k_coord
-            return m, diff * (jnp.tanh(w) if cfg.tanh else w)
+            kernel, bias = w["coord_hidden"]
+            coord = act(m @ kernel + _row(bias, m.ndim)) @ w["coord"]
+            return m, diff * (jnp.tanh(coord) if cfg.tanh else coord)
 
         m_sum, shift = graph.aggregate_messages(
             messages,
@@ -168,6 +180,7 @@ class FastEGCL(nn.Module):
             x,
             edge_attr,
             chunk_size=cfg.edge_chunk_size,
+            weights=weights,
         )
 
         # Real-virtual messages phi_ev, from h_i, s_c, |z_c - x_i| and the Gram row G_c.

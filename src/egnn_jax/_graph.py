@@ -9,9 +9,10 @@ Both expose the same operations, so the EGCL and HEGNN layers are written once:
 - `inv_degree(dtype)`: 1 / (number of neighbours of i), 0 for isolated nodes.
 
 - `edge_view(edge_attr)`: the user's edge attributes in the backend's edge layout;
-- `aggregate_messages(message_fn, at_receiver, at_sender, x, edge_attr)`: the node sums of a
-  per-edge function of (at_receiver_i + at_sender_j, x_i - x_j, a_ij); a sparse graph can run
-  it over chunks of edges, recomputed in the backward pass (`chunk_size`).
+- `aggregate_messages(message_fn, at_receiver, at_sender, x, edge_attr, weights=)`: the node
+  sums of a per-edge function `message_fn(weights, at_receiver_i + at_sender_j, x_i - x_j,
+  a_ij)`; a sparse graph can run it over chunks of edges, recomputed in the backward pass
+  (`chunk_size`), and on each device's own edges (`edge_sharding`).
 
 Edge arrays are `[M, M - 1, ...]` (receiver i, its k-th neighbour) for `DenseGraph` and `[E, ...]`
 for `SparseGraph`.
@@ -24,6 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from ._neighbours import minimum_image
 from ._typing import EdgeHidden, EdgeVectors, NodeHidden, Positions
@@ -83,14 +85,14 @@ class DenseGraph(NamedTuple):
         return _safe_inverse(jnp.sum(self.edge_mask, axis=1).astype(dtype))
 
     def aggregate_messages(
-        self, message_fn, at_receiver, at_sender, x, edge_attr=None, chunk_size=None
+        self, message_fn, at_receiver, at_sender, x, edge_attr=None, chunk_size=None, weights=None
     ) -> tuple[jax.Array, ...]:
         if chunk_size is not None:
             raise ValueError(
                 "chunk_size splits an edge list (senders/receivers); a dense graph has none "
                 "(batch dense graphs with vmap instead)"
             )
-        per_edge = message_fn(self.pair(at_receiver, at_sender), self.diff(x), edge_attr)
+        per_edge = message_fn(weights, self.pair(at_receiver, at_sender), self.diff(x), edge_attr)
         return tuple(self.aggregate(p) for p in per_edge)
 
 
@@ -107,6 +109,9 @@ class SparseGraph(NamedTuple):
         edge_mask: `[E]` bool, False for edges that carry nothing (e.g. a radius graph's
             filler edges), or None (every edge is real).
         box: `[n]` or scalar side lengths of a periodic cell, or None.
+        edge_sharding: None, or the `NamedSharding(mesh, PartitionSpec(axis))` the edge
+            arrays are split with (`egnn_jax.shard_edges`), static: `aggregate_messages` then
+            runs on each device's own edges and sums the nodes' partial sums once (below).
     """
 
     senders: jax.Array
@@ -114,6 +119,7 @@ class SparseGraph(NamedTuple):
     num_nodes: int
     edge_mask: jax.Array | None = None
     box: jax.Array | None = None
+    edge_sharding: NamedSharding | None = None
 
     def edge_view(self, edge_attr: jax.Array) -> jax.Array:
         return edge_attr
@@ -141,39 +147,107 @@ class SparseGraph(NamedTuple):
         return _safe_inverse(jax.ops.segment_sum(ones, self.receivers, num_segments=self.num_nodes))
 
     def aggregate_messages(
-        self, message_fn, at_receiver, at_sender, x, edge_attr=None, chunk_size=None
+        self, message_fn, at_receiver, at_sender, x, edge_attr=None, chunk_size=None, weights=None
     ) -> tuple[jax.Array, ...]:
-        """Node sums of `message_fn(at_receiver_i + at_sender_j, x_i - x_j, a_ij)` over edges.
+        """Node sums of `message_fn(weights, at_receiver_i + at_sender_j, x_i - x_j, a_ij)`.
 
         Arguments:
-            message_fn: `(pair [e, H], diff [e, n], edge_attr [e, A] or None)` -> a tuple of
-                per-edge arrays `[e, ...]`, for any number e of edges.
+            message_fn: `(weights, pair [e, H], diff [e, n], edge_attr [e, A] or None)` -> a
+                tuple of per-edge arrays `[e, ...]`, for any number e of edges. A pure
+                function of its arguments: what it reads from its closure must be static
+                (with `edge_sharding` it runs inside a `shard_map`).
             at_receiver, at_sender: `[N, H]` per-node terms paired on every edge.
             x: `[N, n]` positions (relative vectors are minimum images in a periodic box).
             edge_attr: `[E, A]` or None.
+            weights: a pytree of arrays passed to `message_fn` (the layer's parameters).
             chunk_size: None: one pass over all edges. An int: the edges in chunks of about
                 that many (a `lax.scan`), each chunk `jax.checkpoint`ed, so the backward pass
                 recomputes its messages instead of storing them. The per-edge activations
                 then never exist for all E edges at once, which saves their memory and, on a
                 CPU, the time to write and re-read them; the price is one more forward pass
                 over the edges. Same sums up to float rounding (another summation order).
+                With `edge_sharding`, each device chunks its own edges.
 
         Returns:
             One `[N, ...]` sum over the incoming edges of every node per output of
             `message_fn`; masked edges contribute nothing.
         """
+        if self.edge_sharding is not None:
+            return self._messages_per_device(
+                message_fn, weights, at_receiver, at_sender, x, edge_attr, chunk_size
+            )
         num_edges = self.senders.shape[0]
         if chunk_size is None or chunk_size >= num_edges:
-            per_edge = message_fn(self.pair(at_receiver, at_sender), self.diff(x), edge_attr)
-            return tuple(self.aggregate(p) for p in per_edge)
-        return self._chunked_messages(message_fn, at_receiver, at_sender, x, edge_attr, chunk_size)
+            pair, diff = self.pair(at_receiver, at_sender), self.diff(x)
+            return tuple(self.aggregate(p) for p in message_fn(weights, pair, diff, edge_attr))
+        return self._chunked_messages(
+            message_fn, weights, at_receiver, at_sender, x, edge_attr, chunk_size
+        )
 
-    def _chunked_messages(self, message_fn, at_receiver, at_sender, x, edge_attr, chunk_size):
+    def _messages_per_device(
+        self, message_fn, weights, at_receiver, at_sender, x, edge_attr, chunk_size
+    ):
+        """`aggregate_messages` with the edges split over a mesh axis, nodes replicated.
+
+        Left to XLA's partitioner, a chunked scan over sharded edges gathers every chunk onto
+        every device (each device then computes all edges), and even with chunks that span
+        the devices it all-reduces the node sums after every chunk, forward and backward.
+        Written per device instead (`jax.shard_map`), each device runs the scan over its own
+        edges into its own partial sums, and one `psum` per call (and its transpose in the
+        backward pass) reduces them, whatever the number of chunks.
+        """
+        sharding = self.edge_sharding
+        spec = sharding.spec
+        if len(spec) != 1 or not isinstance(spec[0], str):
+            raise ValueError(
+                f"edge_sharding must split the edge axis over one mesh axis, got spec {spec}"
+            )
+        axis = spec[0]
+        keep = self.edge_mask
+        if keep is None:
+            keep = jnp.ones(self.senders.shape, bool)
+        split, whole = PartitionSpec(axis), PartitionSpec()
+        # Everything the per-device function reads is an argument: a value closed over from
+        # outside the shard_map would keep the outer mesh's sharding in its backward pass.
+        replicated = (weights, at_receiver, at_sender, x, self.box)
+        edges = (self.senders, self.receivers, keep, edge_attr)
+
+        def per_device(replicated, edges):
+            # Cast to per-device values once, here: left to jnp, the cast would happen in
+            # every chunk, and its transpose (a psum of the cotangents) with it.
+            replicated = jax.tree.map(lambda a: jax.lax.pcast(a, (axis,), to="varying"), replicated)
+            weights, at_receiver, at_sender, x, box = replicated
+            senders, receivers, keep, edge_attr = edges
+            graph = SparseGraph(senders, receivers, self.num_nodes, keep, box)
+            if chunk_size is None or chunk_size >= senders.shape[0]:
+                partial = graph.aggregate_messages(
+                    message_fn, at_receiver, at_sender, x, edge_attr, weights=weights
+                )
+            else:
+                partial = graph._chunked_messages(
+                    message_fn, weights, at_receiver, at_sender, x, edge_attr, chunk_size, axis
+                )
+            return tuple(jax.lax.psum(p, axis) for p in partial)
+
+        return jax.shard_map(
+            per_device, mesh=sharding.mesh, in_specs=(whole, split), out_specs=whole
+        )(replicated, edges)
+
+    def _chunked_messages(
+        self,
+        message_fn,
+        weights,
+        at_receiver,
+        at_sender,
+        x,
+        edge_attr,
+        chunk_size,
+        varying_axis=None,
+    ):
+        """`aggregate_messages` over chunks; `varying_axis`: the mesh axis of the enclosing
+        `shard_map` over edges, whose per-device partial sums the scan carries."""
         num_edges = self.senders.shape[0]
-        # Balanced chunks: the padding is under one edge per chunk, not up to a whole chunk.
-        num_chunks = -(-num_edges // chunk_size)
-        size = -(-num_edges // num_chunks)
-        pad = num_chunks * size - num_edges
+        num_chunks, size, pad = _chunk_layout(num_edges, chunk_size)
 
         def chunks(a, fill):  # [E, ...] -> [num_chunks, size, ...], padding edges appended
             filler = jnp.full((pad,) + a.shape[1:], fill, a.dtype)
@@ -194,11 +268,13 @@ class SparseGraph(NamedTuple):
         def one_chunk(senders, receivers, attr):
             pair = at_receiver[receivers] + at_sender[senders]
             diff = minimum_image(x[receivers] - x[senders], self.box)
-            return message_fn(pair, diff, attr)
+            return message_fn(weights, pair, diff, attr)
 
         example = (edges[0][0], edges[1][0], None if edge_attr is None else edges[3][0])
         shapes = jax.eval_shape(one_chunk, *example)
         sums = tuple(jnp.zeros((self.num_nodes,) + p.shape[1:], p.dtype) for p in shapes)
+        if varying_axis is not None:
+            sums = tuple(jax.lax.pcast(s, (varying_axis,), to="varying") for s in sums)
 
         def masked(p, keep):
             if keep is None:
@@ -216,6 +292,16 @@ class SparseGraph(NamedTuple):
 
         sums, _ = jax.lax.scan(step, sums, edges)
         return sums
+
+
+def _chunk_layout(num_edges: int, chunk_size: int) -> tuple[int, int, int]:
+    """`(num_chunks, edges per chunk, padding edges)` for chunks of about `chunk_size`.
+
+    Balanced chunks: the padding is under one edge per chunk, not up to a whole chunk.
+    """
+    num_chunks = -(-num_edges // chunk_size)
+    size = -(-num_edges // num_chunks)
+    return num_chunks, size, num_chunks * size - num_edges
 
 
 def _safe_inverse(degree: jax.Array) -> jax.Array:

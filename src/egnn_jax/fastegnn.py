@@ -47,6 +47,7 @@ from ._api import (
     _checked_node_mask,
     _validate_graph,
     _with_edge_mask,
+    _with_edge_sharding,
 )
 from ._api import _check_params as _api_check_params
 from ._config import FastEGNNConfig
@@ -192,7 +193,7 @@ def _init(
     return FastEGNN(config).init(key, graph, mask, h, x, v, edge_attr, node_graph, g)
 
 
-@functools.partial(jax.jit, static_argnames="config")
+@functools.partial(jax.jit, static_argnames=("config", "edge_sharding"))
 def _apply(
     params,
     config,
@@ -206,11 +207,13 @@ def _apply(
     edge_mask,
     node_graph,
     graph_mask,
+    edge_sharding,
 ):
     graph, mask, g = _validate(
         config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, node_graph, graph_mask
     )
     _check_params(params, config, h, edge_attr)
+    graph = _with_edge_sharding(graph, edge_sharding)
     graph = _checked_indices(graph, "egnn_jax.fastegnn.apply")
     node_graph = _checked_node_graph(node_graph, g)
     return FastEGNN(config).apply(params, graph, mask, h, x, v, edge_attr, node_graph, g)
@@ -271,6 +274,7 @@ def apply(
     edge_mask=None,
     node_graph=None,
     graph_mask=None,
+    edge_sharding=None,
 ) -> FastEGNNOutput:
     """Run a FastEGNN stack on one graph or a packed batch (pure; jit-compiled; composes
     with vmap and grad).
@@ -296,6 +300,8 @@ def apply(
             virtual nodes, which see its real nodes only.
         graph_mask: `[G]` bool (`GraphBatch.graph_mask`); its length G is the number of
             graphs (static), padding graphs included.
+        edge_sharding: sparse only, static: as in `egnn_jax.apply`, for the real-real edges
+            (`egnn_jax.shard_edges(...).edge_sharding`; node arrays replicated).
 
     Returns:
         `FastEGNNOutput(h, x, virtual_h, virtual_x)`: h `[M, out_features or
@@ -323,4 +329,5 @@ def apply(
         edge_mask,
         node_graph,
         graph_mask,
+        edge_sharding,
     )
