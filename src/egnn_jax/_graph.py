@@ -197,12 +197,7 @@ class SparseGraph(NamedTuple):
         backward pass) reduces them, whatever the number of chunks.
         """
         sharding = self.edge_sharding
-        spec = sharding.spec
-        if len(spec) != 1 or not isinstance(spec[0], str):
-            raise ValueError(
-                f"edge_sharding must split the edge axis over one mesh axis, got spec {spec}"
-            )
-        axis = spec[0]
+        axis = sharding.spec[0]  # one mesh axis, as the public entry points check
         keep = self.edge_mask
         if keep is None:
             keep = jnp.ones(self.senders.shape, bool)
@@ -215,7 +210,7 @@ class SparseGraph(NamedTuple):
         def per_device(replicated, edges):
             # Cast to per-device values once, here: left to jnp, the cast would happen in
             # every chunk, and its transpose (a psum of the cotangents) with it.
-            replicated = jax.tree.map(lambda a: jax.lax.pcast(a, (axis,), to="varying"), replicated)
+            replicated = jax.tree.map(lambda a: _per_device(a, axis), replicated)
             weights, at_receiver, at_sender, x, box = replicated
             senders, receivers, keep, edge_attr = edges
             graph = SparseGraph(senders, receivers, self.num_nodes, keep, box)
@@ -274,7 +269,7 @@ class SparseGraph(NamedTuple):
         shapes = jax.eval_shape(one_chunk, *example)
         sums = tuple(jnp.zeros((self.num_nodes,) + p.shape[1:], p.dtype) for p in shapes)
         if varying_axis is not None:
-            sums = tuple(jax.lax.pcast(s, (varying_axis,), to="varying") for s in sums)
+            sums = tuple(_per_device(s, varying_axis) for s in sums)
 
         def masked(p, keep):
             if keep is None:
@@ -292,6 +287,13 @@ class SparseGraph(NamedTuple):
 
         sums, _ = jax.lax.scan(step, sums, edges)
         return sums
+
+
+def _per_device(a: jax.Array, axis: str) -> jax.Array:
+    """Inside a `shard_map`: `a` (the same on every device) typed as varying over `axis`."""
+    if hasattr(jax.lax, "pcast"):
+        return jax.lax.pcast(a, (axis,), to="varying")
+    return jax.lax.pvary(a, (axis,))  # older jax: 0.8.1, the floor, has only pvary
 
 
 def _chunk_layout(num_edges: int, chunk_size: int) -> tuple[int, int, int]:
