@@ -69,9 +69,10 @@ class EGNNConfig:
             27x fewer temporaries and 3.9x faster at 300,000 edges in
             `benchmarks/bench_scale.py`). Same parameters; same results up to float
             rounding. Costs one more forward pass over the edges, like `remat`; the two
-            compose, at two more passes. Dense graphs raise an error with it. Not for edges
-            split over devices (`shard_edges`): the chunks cut across the split, so XLA
-            gathers the edges onto every device (correct, but no longer distributed).
+            compose, at two more passes. Dense graphs raise an error with it. With edges
+            split over devices (`shard_edges`), also pass `edge_sharding=` to `apply`, so
+            that each device chunks its own edges (without it XLA gathers the edges onto
+            every device: correct, but no longer distributed).
     """
 
     hidden_features: int = 64
