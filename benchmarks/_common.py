@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 import jax
+import optax
 
 from egnn_jax.experiments import save_json_atomic
 
@@ -97,3 +98,17 @@ def machine() -> dict:
 def write_json(name: str, payload: dict) -> Path:
     """Atomically write `benchmarks/results/<name>.json`."""
     return save_json_atomic(RESULTS / f"{name}.json", payload)
+
+
+def compiled_train_step(spec, params, opt, info=None):
+    """`(step, opt_state)`: a jitted step `step(params, opt_state, batch) -> (params,
+    opt_state, loss)` of an experiment's model spec (value_and_grad of `spec.loss` with the
+    `StepInfo` `info`, then the optimiser `opt`), and `opt`'s initial state for `params`."""
+
+    @jax.jit
+    def step(p, state, batch):
+        value, grads = jax.value_and_grad(spec.loss)(p, batch, info)
+        updates, state = opt.update(grads, state, p)
+        return optax.apply_updates(p, updates), state, value
+
+    return step, opt.init(params)

@@ -18,7 +18,7 @@ import argparse
 import jax
 import numpy as np
 import optax
-from _common import machine, time_interleaved, write_json
+from _common import compiled_train_step, machine, time_interleaved, write_json
 
 from egnn_jax.experiments import complexes
 from egnn_jax.sim import ComplexesConfig, complex_sizes, complexes_trajectory
@@ -35,13 +35,7 @@ def make_batch(batch, m, s):
 
 
 def make_step(spec, params, opt):
-    @jax.jit
-    def step(p, state, batch):
-        value, grads = jax.value_and_grad(spec.loss)(p, batch, None)
-        updates, state = opt.update(grads, state, p)
-        return optax.apply_updates(p, updates), state, value
-
-    state = opt.init(params)
+    step, state = compiled_train_step(spec, params, opt)
     return lambda batch: jax.block_until_ready(step(params, state, batch))
 
 

@@ -23,8 +23,7 @@ import argparse
 
 import jax
 import jax.numpy as jnp
-import optax
-from _common import machine, time_interleaved, write_json
+from _common import compiled_train_step, machine, time_interleaved, write_json
 
 import egnn_jax
 from egnn_jax.experiments import nbody_scale
@@ -39,19 +38,6 @@ def make_batch(batch: int, bodies: int) -> dict:
     data = simulate_nbody(cfg)
     x, v = data.x[:, 0], data.v[:, 0]
     return jax.tree.map(jnp.asarray, nbody_scale.featurise(x, v, data.charges, x + v))
-
-
-def make_step(spec, params, opt):
-    info = StepInfo(jax.random.key(2), jnp.zeros((), jnp.int32))
-
-    @jax.jit
-    def step(p, state, batch):
-        value, grads = jax.value_and_grad(spec.loss)(p, batch, info)
-        updates, state = opt.update(grads, state, p)
-        return optax.apply_updates(p, updates), state, value
-
-    state = opt.init(params)
-    return step, state
 
 
 def main(argv=None):
@@ -71,7 +57,8 @@ def main(argv=None):
         for name in MODELS:
             spec = nbody_scale.EXPERIMENT.model_spec(name, config)
             params = spec.init(jax.random.key(1), jax.tree.map(lambda a: a[:1], data))
-            step, state = make_step(spec, params, opt)
+            info = StepInfo(jax.random.key(2), jnp.zeros((), jnp.int32))
+            step, state = compiled_train_step(spec, params, opt, info)
             compiled = step.lower(params, state, data).compile()
             row[name] = {
                 "parameters": sum(p.size for p in jax.tree.leaves(params)),

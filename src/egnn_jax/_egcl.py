@@ -82,6 +82,27 @@ class DenseParams(nn.Module):
         return kernel, bias
 
 
+def message_weights(f, edge_in, edge_out, coord_hidden, coord_out, attention=None) -> dict:
+    """The parameters of the per-edge message function (phi_e, phi_x), as one pytree.
+
+    `edge_in` is phi_e's first layer `(kernel [2F + 1 + A, H], bias)`, of which the per-edge
+    function reads the distance row and the edge-attribute rows (the h_i and h_j rows are
+    applied per node); the others are `(kernel, bias)` pairs, `coord_out` a kernel.
+    """
+    kernel, bias = edge_in
+    weights = {
+        "d2": kernel[2 * f],
+        "edge_bias": bias,
+        "attr": kernel[2 * f + 1 :],
+        "msg": edge_out,
+        "coord_hidden": coord_hidden,
+        "coord": coord_out,
+    }
+    if attention is not None:
+        weights["attention"] = attention
+    return weights
+
+
 def _row(vector: jax.Array, ndim: int) -> jax.Array:
     """`[H]` -> `[1, ..., 1, H]` of rank `ndim`: explicit broadcasting (strict rank promotion)."""
     return vector.reshape((1,) * (ndim - 1) + (-1,))
@@ -149,16 +170,14 @@ class EGCL(nn.Module):
 
         # The per-edge function takes its parameters as an argument, not from the closure,
         # so that the graph can hand them to a `shard_map` over edges (`edge_sharding`).
-        weights = {
-            "d2": k_edge[2 * f],
-            "edge_bias": b_edge,
-            "attr": k_edge[2 * f + 1 :],
-            "msg": (k_msg, b_msg),
-            "coord_hidden": (k_coord_hidden, b_coord_hidden),
-            "coord": k_coord,
-        }
-        if cfg.attention:
-            weights["attention"] = (k_att, b_att)
+        weights = message_weights(
+            f,
+            (k_edge, b_edge),
+            (k_msg, b_msg),
+            (k_coord_hidden, b_coord_hidden),
+            k_coord,
+            (k_att, b_att) if cfg.attention else None,
+        )
         if cfg.edge_inference:
             weights["inference"] = (k_inf, b_inf)
 

@@ -36,7 +36,15 @@ import jax
 import jax.numpy as jnp
 
 from ._config import FastEGNNConfig
-from ._egcl import DenseParams, Graph, _linear, _row, _safe_norm, _xavier_uniform
+from ._egcl import (
+    DenseParams,
+    Graph,
+    _linear,
+    _row,
+    _safe_norm,
+    _xavier_uniform,
+    message_weights,
+)
 
 
 class FastEGNNOutput(NamedTuple):
@@ -147,16 +155,14 @@ class FastEGCL(nn.Module):
             width, 1, use_bias=False, kernel_init=_xavier_uniform(0.001), name="coord_out"
         )(dtype)
 
-        weights = {
-            "d2": k_edge[2 * f],
-            "edge_bias": b_edge,
-            "attr": k_edge[2 * f + 1 :],
-            "msg": (k_msg, b_msg),
-            "coord_hidden": (k_coord_hidden, b_coord_hidden),
-            "coord": k_coord,
-        }
-        if cfg.attention:
-            weights["attention"] = (k_att, b_att)
+        weights = message_weights(
+            f,
+            (k_edge, b_edge),
+            (k_msg, b_msg),
+            (k_coord_hidden, b_coord_hidden),
+            k_coord,
+            (k_att, b_att) if cfg.attention else None,
+        )
 
         def messages(w, pair, diff, edge_attr):
             """Per edge: the message m_ij and the coordinate update (x_i - x_j) phi_x(m_ij)."""
