@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from _cli import run_module, run_quick
+from _cli import native_env, run_module, run_quick
 
 from egnn_jax.experiments import nbody_scale
+from egnn_jax.sim import load_dataset
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +91,32 @@ def test_export_then_evaluate_reproduces_the_test_scores(quick_run, tmp_path):
     scores = json.loads(result.stdout)
     for name, row in metrics["models"].items():
         assert scores[name] == pytest.approx(row["test_mse"], rel=1e-4), name
+
+
+_RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results" / "nbody_scale"
+
+
+@pytest.mark.slow  # 2,000 systems through every committed model of a size (~1 min)
+@pytest.mark.parametrize(
+    "bodies", sorted(int(p.parent.name) for p in _RESULTS.glob("*/metrics.json"))
+)
+def test_committed_models_reproduce_the_committed_table(bodies, tmp_path):
+    """A fresh clone's ``--bodies N --export test`` (the shipped split: its content hash is the
+    runs') then ``--bodies N --evaluate`` scores every committed model as its metrics.json
+    does: to float32 summation order where the table was scored on a CPU, to 4 digits where
+    on a GPU (50 bodies: another summation order over 2,000 systems of 2,450 edges)."""
+    workdir = _RESULTS / str(bodies)
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    data_dir = workdir / "data"  # read only: the cached split is loaded, nothing is written
+    module = [sys.executable, "-m", "egnn_jax.experiments.nbody_scale", "--bodies", str(bodies)]
+    run = dict(env=native_env(), capture_output=True, text=True, timeout=1200, check=True)
+    path = tmp_path / "test.npz"
+    export = ["--export", "test", str(path), "--data-dir", str(data_dir)]
+    subprocess.run(module + export + ["--workdir", str(tmp_path)], **run)
+    hashes = {load_dataset(p).metadata["content_hash"] for p in data_dir.glob("*.npz")}
+    assert metrics["data"]["test"]["content_hash"] in hashes
+    scores = json.loads(subprocess.run(module + ["--evaluate", str(path)], **run).stdout)
+    assert set(scores) == set(metrics["models"])
+    rel = 1e-3 if metrics["device"]["platform"] == "gpu" else 1e-4
+    for name, score in scores.items():
+        assert score == pytest.approx(metrics["models"][name]["test_mse"], rel=rel), name
