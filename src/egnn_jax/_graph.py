@@ -242,7 +242,10 @@ class SparseGraph(NamedTuple):
         """`aggregate_messages` over chunks; `varying_axis`: the mesh axis of the enclosing
         `shard_map` over edges, whose per-device partial sums the scan carries."""
         num_edges = self.senders.shape[0]
-        num_chunks, size, pad = _chunk_layout(num_edges, chunk_size)
+        # Balanced chunks: the padding is under one edge per chunk, not up to a whole chunk.
+        num_chunks = -(-num_edges // chunk_size)
+        size = -(-num_edges // num_chunks)
+        pad = num_chunks * size - num_edges
 
         def chunks(a, fill):  # [E, ...] -> [num_chunks, size, ...], padding edges appended
             filler = jnp.full((pad,) + a.shape[1:], fill, a.dtype)
@@ -294,16 +297,6 @@ def _per_device(a: jax.Array, axis: str) -> jax.Array:
     if hasattr(jax.lax, "pcast"):
         return jax.lax.pcast(a, (axis,), to="varying")
     return jax.lax.pvary(a, (axis,))  # older jax: 0.8.1, the floor, has only pvary
-
-
-def _chunk_layout(num_edges: int, chunk_size: int) -> tuple[int, int, int]:
-    """`(num_chunks, edges per chunk, padding edges)` for chunks of about `chunk_size`.
-
-    Balanced chunks: the padding is under one edge per chunk, not up to a whole chunk.
-    """
-    num_chunks = -(-num_edges // chunk_size)
-    size = -(-num_edges // num_chunks)
-    return num_chunks, size, num_chunks * size - num_edges
 
 
 def _safe_inverse(degree: jax.Array) -> jax.Array:
