@@ -490,6 +490,35 @@ def test_edge_chunks_compute_the_same_values_and_gradients(edge_chunk_size, rema
             np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("edge_chunk_size", [None, 5])
+def test_masked_edges_between_real_nodes_count_for_nothing(edge_chunk_size):
+    """Masked edges that join real nodes (not padding) change no value or gradient: the
+    layer equals the one on the list without them, one pass or in chunks."""
+    with jax.enable_x64(True):
+        k1, k2, k3 = jax.random.split(jax.random.key(9), 3)
+        x = jax.random.normal(k1, (7, 3), jnp.float64)
+        h = jax.random.normal(k2, (7, 2), jnp.float64)
+        senders, receivers = egnn_jax.complete_graph_edges(7)
+        keep = jax.random.bernoulli(k3, 0.6, senders.shape)
+        kept = np.flatnonzero(np.asarray(keep))
+        config = egnn_jax.EGNNConfig(
+            8, 2, velocity=True, coords_weight_gain=1.0, edge_chunk_size=edge_chunk_size
+        )
+        masked = dict(senders=senders, receivers=receivers, edge_mask=keep)
+        compact = dict(senders=senders[kept], receivers=receivers[kept])
+        params = egnn_jax.init(jax.random.key(0), config, h, x, 0.5 * x, **masked)
+
+        def loss(p, x, kw):
+            h_out, x_out = egnn_jax.apply(p, config, h, x, 0.5 * x, **kw)
+            return jnp.sum(jnp.sin(x_out)) + jnp.sum(h_out**2)
+
+        grad = jax.value_and_grad(loss, argnums=(0, 1))
+        (l1, g1), (l2, g2) = grad(params, x, compact), grad(params, x, masked)
+        np.testing.assert_allclose(l2, l1, rtol=1e-12)
+        for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+            np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+
+
 def test_edge_chunks_compose_with_vmap():
     """A batch of graphs with one edge list (vmap over positions and features)."""
     with jax.enable_x64(True):

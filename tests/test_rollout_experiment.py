@@ -367,8 +367,8 @@ def test_steps_the_curriculum_does_not_count_cannot_poison_the_loss(pushforward)
 @pytest.mark.slow  # simulates the 2,000 test systems and rolls out six models (~1 min)
 def test_committed_charged_models_reproduce_the_committed_table(tmp_path):
     """A fresh clone's ``--evaluate`` on the paper's test split (frames 30 to 40) scores the
-    committed charged models as metrics.json does: to the last bit where a row was trained
-    and scored on a CPU (the fine-grid force field), to 1e-3 for the rows scored on the GPU
+    committed charged models as metrics.json does: to 1e-5 where a row was trained and
+    scored on a CPU (the fine-grid force field), to 1e-3 for the rows scored on the GPU
     that trained them (its float32 rounding, grown along the rollout)."""
     workdir = (
         Path(__file__).resolve().parents[1] / "experiments" / "results" / "rollout" / "charged"
@@ -399,7 +399,9 @@ def test_committed_charged_models_reproduce_the_committed_table(tmp_path):
     for name, score in scores.items():
         want = metrics["models"][name]["test_mse"]
         if name == "force_field_fine":
-            assert score["mse"][-1] == want
+            # Float32 rounding: the EGCL's first layer was regrouped after this row was
+            # scored (`_egcl.edge_input_layer`, the same function); it moved 2e-6 relative.
+            assert score["mse"][-1] == pytest.approx(want, rel=1e-5)
         elif name == "true_simulator":  # the ceiling: float32 rounding only
             assert score["mse"][-1] < 1e-4 and want < 1e-4
         else:

@@ -43,6 +43,7 @@ from ._egcl import (
     _row,
     _safe_norm,
     _xavier_uniform,
+    edge_input_layer,
     message_weights,
 )
 
@@ -166,10 +167,7 @@ class FastEGCL(nn.Module):
 
         def messages(w, pair, diff, edge_attr):
             """Per edge: the message m_ij and the coordinate update (x_i - x_j) phi_x(m_ij)."""
-            d2 = jnp.sum(diff * diff, axis=-1)
-            m = pair + d2[..., None] * _row(w["d2"], pair.ndim) + _row(w["edge_bias"], pair.ndim)
-            if edge_attr is not None:
-                m = m + edge_attr @ w["attr"]
+            m, d2 = edge_input_layer(w, pair, diff, edge_attr)
             m = act(act(m) @ w["msg"][0] + _row(w["msg"][1], m.ndim))
             if cfg.attention:
                 m = m * nn.sigmoid(m @ w["attention"][0] + _row(w["attention"][1], m.ndim))

@@ -134,10 +134,19 @@ class SparseGraph(NamedTuple):
         return minimum_image(x[self.receivers] - x[self.senders], self.box)
 
     def aggregate(self, per_edge: jax.Array) -> jax.Array:
-        if self.edge_mask is not None:
-            mask = self.edge_mask.reshape(self.edge_mask.shape + (1,) * (per_edge.ndim - 1))
-            per_edge = per_edge * mask.astype(per_edge.dtype)
-        return jax.ops.segment_sum(per_edge, self.receivers, num_segments=self.num_nodes)
+        return jax.ops.segment_sum(per_edge, self._targets(), num_segments=self.num_nodes)
+
+    def _targets(self, receivers=None, keep=None) -> jax.Array:
+        """The node each edge is summed into: its receiver, or N (out of range) if masked.
+
+        The scatter drops out-of-range indices and its transpose reads them as zero, so a
+        masked edge costs no pass over its messages to zero them.
+        """
+        if receivers is None:
+            receivers, keep = self.receivers, self.edge_mask
+        if keep is None:
+            return receivers
+        return jnp.where(keep, receivers, self.num_nodes)
 
     def inv_degree(self, dtype) -> jax.Array:
         if self.edge_mask is None:
@@ -274,17 +283,13 @@ class SparseGraph(NamedTuple):
         if varying_axis is not None:
             sums = tuple(_per_device(s, varying_axis) for s in sums)
 
-        def masked(p, keep):
-            if keep is None:
-                return p
-            return p * keep.reshape(keep.shape + (1,) * (p.ndim - 1)).astype(p.dtype)
-
         @jax.checkpoint
         def step(sums, chunk):
             senders, receivers, keep, attr = chunk
             per_edge = one_chunk(senders, receivers, attr)
+            targets = self._targets(receivers, keep)
             return tuple(
-                total + jax.ops.segment_sum(masked(p, keep), receivers, num_segments=self.num_nodes)
+                total + jax.ops.segment_sum(p, targets, num_segments=self.num_nodes)
                 for total, p in zip(sums, per_edge, strict=True)
             ), None
 
