@@ -77,6 +77,19 @@ def test_scale_grows_with_the_number_of_bodies_and_splits_are_independent():
     assert train.x.std() == pytest.approx(sim.NBodyConfig(n_bodies=20).loc_std, rel=0.05)
 
 
+@pytest.mark.parametrize("bodies", [5, 15])  # the unrolled and the pairwise force paths
+def test_kept_frames_have_the_bits_of_a_run_through_every_frame(bodies):
+    # The simulator stops at the last kept frame (frame 40 of 50 in the benchmark); the data
+    # must not depend on that, or cached and shipped splits would stop matching.
+    every = dict(n_trajectories=3, n_bodies=bodies, n_steps=501, save_every=50, seed=5)
+    full = sim.simulate_nbody(sim.NBodyConfig(**every))
+    kept = sim.simulate_nbody(sim.NBodyConfig(**every, frames=(2, 6)))
+    assert full.x.shape[1] == 11 and kept.x.shape[1] == 2
+    np.testing.assert_array_equal(kept.x, full.x[:, [2, 6]])
+    np.testing.assert_array_equal(kept.v, full.v[:, [2, 6]])
+    np.testing.assert_array_equal(kept.t, full.t[[2, 6]])
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="n_bodies"):
         sim.NBodyConfig(n_bodies=1)
