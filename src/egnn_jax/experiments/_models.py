@@ -144,6 +144,7 @@ class _RadialField:
 
 class _EGNN:
     trainable: ClassVar[bool] = True
+    speed_options: ClassVar[tuple[str, ...]] = ("remat",)
     inputs: ClassVar[tuple[str, ...]] = ("x0", "v0", "node_feat", "edge_attr")
 
     def config(self, spec) -> egnn_jax.EGNNConfig:
@@ -171,6 +172,8 @@ class _EGNN:
 
 class _HEGNN(_EGNN):
     """HEGNN (`egnn_jax.hegnn`) on the EGNN's inputs; options are `HEGNNConfig` fields."""
+
+    speed_options: ClassVar[tuple[str, ...]] = ()
 
     def config(self, spec) -> egnn_jax.HEGNNConfig:
         return egnn_jax.HEGNNConfig(
