@@ -2,6 +2,7 @@
 
     python -m egnn_jax.experiments.nbody_scale --bodies 20             # full protocol, 20 bodies
     python -m egnn_jax.experiments.nbody_scale --bodies 5 --models egnn,hegnn_l2
+    python -m egnn_jax.experiments.nbody_scale --bodies 100 --models egnn --remat  # 6, not 22 GiB
     python -m egnn_jax.experiments.nbody_scale --quick --workdir /tmp/ns   # < 1 min on CPU
     python -m egnn_jax.experiments.nbody_scale --bodies 5 --export test t.npz
     python -m egnn_jax.experiments.nbody_scale --bodies 5 --evaluate t.npz  # committed models
