@@ -115,6 +115,19 @@ def test_loss_decreases():
     assert set(hist[0]) == {"step", "train_loss", "val_loss", "val_mae", "wall_time"}
 
 
+def test_without_a_terminal_each_evaluation_is_logged_in_place_of_the_bar(caplog):
+    # pytest's captured stderr is no terminal, so `progress=None` disables the bar.
+    with caplog.at_level("INFO", logger="egnn_jax.experiments._loop"):
+        run(num_steps=20, progress=None)
+    lines = [r.getMessage() for r in caplog.records if "step" in r.getMessage()]
+    assert len(lines) == 2
+    assert lines[1].startswith("run 'toy': step 20 of 20 (epoch 3.33333), loss ")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="egnn_jax.experiments._loop"):
+        run(num_steps=20, progress=False)
+    assert not [r for r in caplog.records if "step" in r.getMessage()]
+
+
 def test_same_seed_same_result_and_seed_matters():
     a = run(num_steps=30)
     b = run(num_steps=30)

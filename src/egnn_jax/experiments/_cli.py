@@ -158,6 +158,8 @@ def cli_main(experiment: Experiment, argv: Sequence[str] | None = None) -> int:
         args.workdir = experiment.default_workdir_for(args)
     interrupt_on_signals()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The library's own INFO lines (resumes; evaluations when no progress bar is shown).
+    logging.getLogger("egnn_jax").setLevel(logging.INFO)
     try:
         if args.evaluate is not None:
             scores = evaluate_file(experiment, args.workdir, args.evaluate)

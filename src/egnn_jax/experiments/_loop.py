@@ -227,7 +227,9 @@ def train(
             optimiser settings) under ``"loop"``.
         fingerprint_defaults: ``{dotted field: value}`` for fields added to the fingerprint
             after a checkpoint was saved: absent from it, they count as this value.
-        progress: show a tqdm bar (``None``: only when attached to a terminal).
+        progress: show a tqdm bar (``None``: only when attached to a terminal; elsewhere,
+            as in a ``nohup`` job, each evaluation is logged at INFO level to this
+            module's logger instead, which the experiments' command line shows).
         progress_position: line of the bar, for several runs at once (tqdm ``position``).
         stop: when this event is set, the run stops at the next chunk boundary as on a
             ``KeyboardInterrupt``: the state is saved for ``resume=True`` and
@@ -439,6 +441,8 @@ def train(
         dynamic_ncols=True,
         position=progress_position,
     )
+    # Without a terminal (a background job's log file) a line per evaluation takes the bar's place.
+    log_evaluations = progress is None and bar.disable
 
     def dispatch(st: TrainState):
         new_state, losses = chunk_fn(st, train_data)
@@ -499,6 +503,19 @@ def train(
                 loss=_fmt(train_loss), val=_fmt(metrics["val_loss"]), best=_fmt(best_val)
             )
             bar.update(eval_every)
+            if log_evaluations:
+                logger.info(
+                    "run %r: step %d of %d (epoch %g), loss %s, val %s, best %s (step %d), %.0f s",
+                    name,
+                    step,
+                    last_step,
+                    step / (n_train // batch_size),
+                    _fmt(train_loss),
+                    _fmt(metrics["val_loss"]),
+                    _fmt(best_val),
+                    best_step,
+                    wall,
+                )
             if stop is not None and stop.is_set() and step < last_step:
                 raise KeyboardInterrupt  # a queued chunk is dropped; `state` is saved
             if not queued and step < last_step:
