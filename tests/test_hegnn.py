@@ -280,6 +280,36 @@ def test_dense_equals_sparse():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("sparse", [pytest.param(False, marks=pytest.mark.slow), True])
+def test_rematerialised_layers_compute_the_same_values_and_gradients(sparse):
+    """`HEGNNConfig(remat=True)` recomputes each layer in the backward pass: same numbers,
+    same parameters, including chi's."""
+    cfg = LEVELS[2]
+    with jax.enable_x64(True):
+        h, x, v, a = random_graph(jax.random.key(6), num_nodes=6, dtype=jnp.float64)
+        kw = {"v": v}
+        if sparse:
+            senders, receivers = egnn_jax.complete_graph_edges(6)
+            kw |= {"senders": senders, "receivers": receivers}
+            kw |= {"edge_attr": egnn_jax.dense_to_sparse_edge_attr(a)}
+        else:
+            kw |= {"edge_attr": a, "node_mask": jnp.arange(6) < 5}
+        remat = dataclasses.replace(cfg, remat=True)
+        params = hegnn.init(jax.random.key(0), cfg, h, x, **kw)
+        assert jax.tree.structure(hegnn.init(jax.random.key(0), remat, h, x, **kw)) == (
+            jax.tree.structure(params)
+        )
+
+        def loss(p, c):
+            h_out, x_out, chi = hegnn.apply(p, c, h, x, **kw, return_steerable=True)
+            return jnp.sum(x_out**2) + jnp.sum(h_out**2) + jnp.sum(chi**2)
+
+        (l1, g1), (l2, g2) = (jax.value_and_grad(loss)(params, c) for c in (cfg, remat))
+        np.testing.assert_allclose(l2, l1, rtol=1e-13)
+        for got, want in zip(jax.tree.leaves(g2), jax.tree.leaves(g1), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
 def test_padding_nodes_never_change_real_nodes():
     cfg = LEVELS[3]
     h, x, v, a = random_graph(jax.random.key(6))

@@ -62,8 +62,9 @@ def test_config_and_published_table():
         nbody_scale.NBodyScaleConfig(epochs=12)
 
 
-def test_remat_reaches_egnn_and_leaves_every_fingerprint_alone():
-    """`--remat` changes how EGNN runs, not what it trains: a run may resume either way."""
+def test_remat_reaches_egnn_and_hegnn_and_leaves_every_fingerprint_alone():
+    """`--remat` changes how EGNN and HEGNN run, not what they train: a run may resume
+    either way."""
     from egnn_jax.experiments._cli import _config, build_parser
 
     experiment, plain = nbody_scale.EXPERIMENT, nbody_scale.NBodyScaleConfig(bodies=100)
@@ -73,7 +74,10 @@ def test_remat_reaches_egnn_and_leaves_every_fingerprint_alone():
     specs = [experiment.model_spec(n, c) for n in ("egnn", "rf") for c in (plain, remat)]
     assert dict(specs[1].options) == {"velocity": True, "remat": True}
     assert specs[0].to_dict() == specs[1].to_dict() and specs[2] == specs[3]
-    assert experiment.model_spec("hegnn_l1", remat).to_dict()["options"] == {"max_degree": 1}
+    hegnn = [experiment.model_spec("hegnn_l1", c) for c in (plain, remat)]
+    assert dict(hegnn[1].options) == {"max_degree": 1, "remat": True}
+    assert hegnn[0].to_dict() == hegnn[1].to_dict()
+    assert hegnn[1].to_dict()["options"] == {"max_degree": 1}
 
 
 def test_quick_run_trains_every_kind_and_reports_the_table(quick_run):

@@ -143,6 +143,9 @@ class HEGNNConfig:
             that initialise chi, so no gradient reaches x through the edge *directions* of the
             initialisation (only through |r_ij| and the layers). `False` differentiates
             through them, which a force field taking -grad_x needs.
+        remat: rematerialise each layer in the backward pass, as `EGNNConfig.remat`: one
+            layer's edge activations stored at a time, for about one more forward pass.
+            Same parameters and results.
     """
 
     hidden_features: int = 64
@@ -152,6 +155,7 @@ class HEGNNConfig:
     out_features: int | None = None
     residual: bool = False
     stop_sh_gradient: bool = True
+    remat: bool = False
 
     def __post_init__(self):
         if self.hidden_features < 1:

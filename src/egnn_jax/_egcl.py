@@ -282,7 +282,9 @@ class EGNN(nn.Module):
         if edge_attr is not None:
             edge_attr = graph.edge_view(edge_attr)
         if cfg.remat and not self.is_initializing():
-            h, x = self._rematerialised_layers(graph, h, x, v, edge_attr)
+            per_layer = [self.variables["params"][f"layer_{i}"] for i in range(cfg.num_layers)]
+            layer = EGCL(cfg, parent=None)
+            h, x = rematerialised_layers(layer, per_layer, graph, (h, x), v, edge_attr)
         else:
             for i in range(cfg.num_layers):
                 h, x = EGCL(cfg, name=f"layer_{i}")(graph, h, x, v, edge_attr)
@@ -290,23 +292,31 @@ class EGNN(nn.Module):
             h = _linear(cfg.out_features, cfg.hidden_features, h.dtype, "readout")(h)
         return h, x
 
-    def _rematerialised_layers(self, graph, h, x, v, edge_attr):
-        """The layers as a `lax.scan` of `jax.checkpoint`ed steps over their stacked params.
 
-        The backward pass recomputes one layer at a time from its inputs (h, x) instead of
-        storing every layer's edge activations. The scan is what makes the saving real: with
-        the layers unrolled, XLA is free to schedule all recomputations before the first
-        backward step, keeping everything alive again. Parameters keep the `layer_i` names.
-        """
-        layer = EGCL(self.config, parent=None)
-        names = [f"layer_{i}" for i in range(self.config.num_layers)]
-        stacked = jax.tree.map(
-            lambda *p: jnp.stack(p), *(self.variables["params"][n] for n in names)
-        )
+def rematerialised_layers(layer: nn.Module, layer_params: list, graph, carry: tuple, *args):
+    """`carry` through identical layers as a `lax.scan` of `jax.checkpoint`ed steps.
 
-        @jax.checkpoint
-        def step(carry, params):
-            return layer.apply({"params": params}, graph, *carry, v, edge_attr), None
+    The backward pass recomputes one layer at a time from its inputs (the carry) instead of
+    storing every layer's edge activations. The scan is what makes the saving real: with
+    the layers unrolled, XLA is free to schedule all recomputations before the first
+    backward step, keeping everything alive again.
 
-        (h, x), _ = jax.lax.scan(step, (h, x), stacked)
-        return h, x
+    Arguments:
+        layer: an unbound layer module, called as ``layer(graph, *carry, *args)`` and
+            returning the new carry.
+        layer_params: each layer's ``params`` (same structure and shapes), in order.
+        graph: the graph backend, passed first to every layer.
+        carry: what each layer updates, e.g. ``(h, x)``.
+        *args: what every layer reads unchanged (velocities, edge attributes).
+
+    Returns:
+        The carry after the last layer.
+    """
+    stacked = jax.tree.map(lambda *p: jnp.stack(p), *layer_params)
+
+    @jax.checkpoint
+    def step(c, params):
+        return layer.apply({"params": params}, graph, *c, *args), None
+
+    carry, _ = jax.lax.scan(step, tuple(carry), stacked)
+    return carry

@@ -41,7 +41,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._config import HEGNNConfig
-from ._egcl import DenseParams, _linear, _row, _safe_norm
+from ._egcl import DenseParams, _linear, _row, _safe_norm, rematerialised_layers
 from ._graph import DenseGraph, SparseGraph
 
 Graph = DenseGraph | SparseGraph
@@ -250,8 +250,13 @@ class HEGNN(nn.Module):
         if edge_attr is not None:
             edge_attr = graph.edge_view(edge_attr)
         chi = SteerableInit(cfg, name="steerable_init")(graph, h, x, edge_attr)
-        for i in range(cfg.num_layers):
-            h, x, chi = HEGNNLayer(cfg, name=f"layer_{i}")(graph, h, x, chi, v, edge_attr)
+        if cfg.remat and not self.is_initializing():
+            per_layer = [self.variables["params"][f"layer_{i}"] for i in range(cfg.num_layers)]
+            layer = HEGNNLayer(cfg, parent=None)
+            h, x, chi = rematerialised_layers(layer, per_layer, graph, (h, x, chi), v, edge_attr)
+        else:
+            for i in range(cfg.num_layers):
+                h, x, chi = HEGNNLayer(cfg, name=f"layer_{i}")(graph, h, x, chi, v, edge_attr)
         if cfg.out_features is not None:
             h = _linear(cfg.out_features, cfg.hidden_features, h.dtype, "readout")(h)
         return h, x, chi

@@ -173,8 +173,6 @@ class _EGNN:
 class _HEGNN(_EGNN):
     """HEGNN (`egnn_jax.hegnn`) on the EGNN's inputs; options are `HEGNNConfig` fields."""
 
-    speed_options: ClassVar[tuple[str, ...]] = ()
-
     def config(self, spec) -> egnn_jax.HEGNNConfig:
         return egnn_jax.HEGNNConfig(
             hidden_features=spec.hidden_features,

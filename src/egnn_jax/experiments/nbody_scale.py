@@ -107,11 +107,12 @@ class NBodyScaleConfig(EpochsConfig):
         checkpoint_every_epochs: interval of the resumable checkpoints.
         rotate_test: rotate every test system by its own random rotation (as the reference).
         precision: the simulator's compute dtype.
-        remat: EGNN recomputes each layer in the backward pass (`EGNNConfig.remat`): the
-            same numbers in about a quarter of the memory (a train step at 100 bodies and
-            batch 256 keeps 6.2 instead of 22.3 GiB of XLA temporaries), for one more
-            forward pass. How a run executes, not what it trains: not in the fingerprint, so
-            a run may resume with or without it.
+        remat: EGNN and HEGNN recompute each layer in the backward pass
+            (`EGNNConfig.remat`, `HEGNNConfig.remat`): the same numbers in a fraction of
+            the memory (an EGNN train step at 100 bodies and batch 256 keeps 6.2 instead of
+            22.3 GiB of XLA temporaries), for one more forward pass. How a run executes,
+            not what it trains: not in the fingerprint, so a run may resume with or
+            without it.
     """
 
     RUN_FIELDS: ClassVar[tuple[str, ...]] = (*EpochsConfig.RUN_FIELDS, "remat")
@@ -297,8 +298,8 @@ class NBodyScale(FrameTask):
         parser.add_argument(
             "--remat",
             action="store_true",
-            help="EGNN recomputes its layers in the backward pass: same numbers, ~1/4 of the "
-            "memory (100 bodies at batch 256: 6 instead of 22 GiB)",
+            help="EGNN and HEGNN recompute their layers in the backward pass: same numbers, "
+            "a fraction of the memory (EGNN, 100 bodies, batch 256: 6 instead of 22 GiB)",
         )
 
     def config_overrides(self, args):
@@ -310,11 +311,12 @@ class NBodyScale(FrameTask):
             return ModelSpec(name, "linear")
         if name == "rf":
             return ModelSpec(name, "radial_field", width, depth)
+        remat = (("remat", True),) if config.remat else ()
         if name == "egnn":
-            options = (("velocity", True),) + ((("remat", True),) if config.remat else ())
-            return ModelSpec(name, "egnn", width, depth, options)
+            return ModelSpec(name, "egnn", width, depth, (("velocity", True), *remat))
         if name in HEGNN_DEGREES:
-            return preset_spec(name, width, depth)
+            spec = preset_spec(name, width, depth)
+            return dataclasses.replace(spec, options=(*spec.options, *remat))
         if name == "fastegnn":
             return ModelSpec(name, "fastegnn", width, depth, tuple(FASTEGNN_OPTIONS.items()))
         raise ValueError(f"unknown model {name!r}; choose from {MODEL_NAMES}")
