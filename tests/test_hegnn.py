@@ -280,6 +280,32 @@ def test_dense_equals_sparse():
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_an_edge_mask_drops_a_radius_graphs_filler_edges():
+    """With `edge_mask`, a radius graph's edge list (filler edges included) gives what the
+    list of its valid edges alone gives, and the gradient stays finite."""
+    cfg = LEVELS[1]
+    h, x, v, _ = random_graph(jax.random.key(7), num_nodes=8)
+    graph = egnn_jax.radius_graph(x, 1.5, capacity=64)
+    assert not bool(graph.overflow) and 0 < int(graph.edge_mask.sum()) < 64
+    keep = np.asarray(graph.edge_mask)
+    s, r = np.asarray(graph.senders), np.asarray(graph.receivers)
+    attr = jnp.linalg.norm(x[s] - x[r], axis=-1, keepdims=True)
+    masked = dict(senders=graph.senders, receivers=graph.receivers, edge_mask=graph.edge_mask)
+    params = hegnn.init(jax.random.key(0), cfg, h, x, v=v, edge_attr=attr, **masked)
+
+    def run(p, edge_attr, **edges):
+        return hegnn.apply(p, cfg, h, x, v=v, edge_attr=edge_attr, **edges, return_steerable=True)
+
+    got = run(params, attr, **masked)
+    want = run(params, attr[keep], senders=jnp.asarray(s[keep]), receivers=jnp.asarray(r[keep]))
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    grads = jax.grad(lambda p: sum(jnp.sum(o**2) for o in run(p, attr, **masked)))(params)
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+    with pytest.raises(ValueError, match="edge_mask is for sparse graphs"):
+        hegnn.apply(params, cfg, h, x, v=v, edge_mask=graph.edge_mask)
+
+
 @pytest.mark.parametrize("sparse", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_rematerialised_layers_compute_the_same_values_and_gradients(sparse):
     """`HEGNNConfig(remat=True)` recomputes each layer in the backward pass: same numbers,

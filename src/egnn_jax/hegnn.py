@@ -25,6 +25,7 @@ from ._api import (
     _checked_indices,
     _shape,
     _validate_graph,
+    _with_edge_mask,
 )
 from ._config import HEGNNConfig
 from ._graph import DenseGraph, SparseGraph
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 
-def _validate(config: HEGNNConfig, h, x, v, edge_attr, node_mask, senders, receivers):
+def _validate(config: HEGNNConfig, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask):
     """Static (trace-time) checks of every argument; returns the graph backend."""
     if not isinstance(config, HEGNNConfig):
         raise TypeError(f"config must be an egnn_jax.HEGNNConfig, got {type(config).__name__}")
@@ -61,7 +62,7 @@ def _validate(config: HEGNNConfig, h, x, v, edge_attr, node_mask, senders, recei
         raise ValueError(
             f"HEGNN needs 3-D positions (its spherical harmonics are 3-D), got x {_shape(x)}"
         )
-    return graph
+    return _with_edge_mask(graph, edge_mask)
 
 
 def _check_hegnn_params(params, config: HEGNNConfig, h, edge_attr):
@@ -99,14 +100,16 @@ def _check_hegnn_params(params, config: HEGNNConfig, h, edge_attr):
 
 
 @functools.partial(jax.jit, static_argnames="config")
-def _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers):
-    graph = _validate(config, h, x, v, edge_attr, node_mask, senders, receivers)
+def _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask):
+    graph = _validate(config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask)
     return HEGNN(config).init(key, graph, h, x, v, edge_attr)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "return_steerable"))
-def _apply(params, config, h, x, v, edge_attr, node_mask, senders, receivers, return_steerable):
-    graph = _validate(config, h, x, v, edge_attr, node_mask, senders, receivers)
+def _apply(
+    params, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, return_steerable
+):
+    graph = _validate(config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask)
     _check_hegnn_params(params, config, h, edge_attr)
     graph = _checked_indices(graph, "egnn_jax.hegnn.apply")
     h_out, x_out, chi = _forward(params, config, graph, h, x, v, edge_attr)
@@ -136,6 +139,7 @@ def init(
     node_mask=None,
     senders=None,
     receivers=None,
+    edge_mask=None,
 ):
     """Initialise the parameters of a HEGNN stack (pure; jit-compiled).
 
@@ -152,6 +156,8 @@ def init(
         node_mask: `[M]` bool, dense graphs only; None means every node is real.
         senders: `[E]` int, sparse graphs only (message j -> i flows from `senders`).
         receivers: `[E]` int, sparse graphs only.
+        edge_mask: `[E]` bool, sparse graphs only: False for edges that carry nothing
+            (`egnn_jax.radius_graph`'s filler edges); None means every edge is real.
 
     Returns:
         A Flax parameter tree (`{"params": ...}`) in the floating dtype of `x`.
@@ -162,7 +168,7 @@ def init(
     """
     if senders is not None:
         _check_indices_if_concrete(senders, receivers, h.shape[0])
-    return _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers)
+    return _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask)
 
 
 def apply(
@@ -175,6 +181,7 @@ def apply(
     node_mask=None,
     senders=None,
     receivers=None,
+    edge_mask=None,
     *,
     return_steerable: bool = False,
 ):
@@ -196,6 +203,8 @@ def apply(
         node_mask: `[M]` bool (dense only); None means every node is real.
         senders: `[E]` int (sparse only).
         receivers: `[E]` int (sparse only).
+        edge_mask: `[E]` bool (sparse only): False for edges that carry nothing, e.g. the
+            filler edges of `egnn_jax.radius_graph`; None means every edge is real.
         return_steerable: also return the final steerable features chi (static).
 
     Returns:
@@ -217,5 +226,15 @@ def apply(
     if senders is not None:
         _check_indices_if_concrete(senders, receivers, h.shape[0])
     return _apply(
-        params, config, h, x, v, edge_attr, node_mask, senders, receivers, return_steerable
+        params,
+        config,
+        h,
+        x,
+        v,
+        edge_attr,
+        node_mask,
+        senders,
+        receivers,
+        edge_mask,
+        return_steerable,
     )
