@@ -79,7 +79,11 @@ def build_parser(experiment: Experiment) -> argparse.ArgumentParser:
     parser.add_argument(
         "--table", action="store_true", help="print the result table of WORKDIR and exit"
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="hide the progress bars (or, without a terminal, the per-validation log lines)",
+    )
     parser.add_argument(
         "--devices",
         type=int,
