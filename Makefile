@@ -37,6 +37,7 @@ bench: $(STAMP) ## Benchmarks; JSON lands in benchmarks/results/
 	$(PY) benchmarks/bench_hegnn.py
 	$(PY) benchmarks/bench_eghn.py
 	$(PY) benchmarks/bench_fastegnn.py
+	$(PY) benchmarks/bench_remat_memory.py --bodies 50 100
 	$(PY) benchmarks/bench_scale.py  # add --reference egnn_clean.py (and torch) for the authors' column
 	$(PY) benchmarks/bench_edge_chunks.py
 	$(PY) benchmarks/bench_sharded_graph.py
