@@ -36,18 +36,22 @@ def main(argv=None):
     parser.add_argument("--output", default="remat_memory", help="results/<OUTPUT>.json")
     args = parser.parse_args(argv)
 
-    opt = make_optimizer(5e-4, 1e-12, clip_norm=10.0)
+    protocol = nbody_scale.NBodyScaleConfig()
+    opt = make_optimizer(
+        protocol.learning_rate, protocol.weight_decay, clip_norm=protocol.clip_norm
+    )
     info = StepInfo(jax.random.key(2), jnp.zeros((), jnp.int32))
     results = {}
     for bodies in args.bodies:
         data = make_batch(args.batch, bodies)
         row = {}
         for name in args.models:
-            gib = {}
+            gib, params = {}, None
             for remat in (False, True):
                 config = nbody_scale.NBodyScaleConfig(bodies=bodies, remat=remat)
                 spec = nbody_scale.EXPERIMENT.model_spec(name, config)
-                params = spec.init(jax.random.key(1), jax.tree.map(lambda a: a[:1], data))
+                if params is None:  # remat changes how a step runs, not the parameters
+                    params = spec.init(jax.random.key(1), jax.tree.map(lambda a: a[:1], data))
                 step, state = compiled_train_step(spec, params, opt, info)
                 compiled = step.lower(params, state, data).compile()
                 gib["remat" if remat else "plain"] = (
