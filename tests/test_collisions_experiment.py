@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _cli import run_module, run_quick
+from _cli import run_main, run_quick
 
 import egnn_jax
 from egnn_jax import dynamics as dyn
@@ -69,14 +69,14 @@ def test_evaluate_prints_the_rollout_contract(quick_run, tmp_path):
     workdir, _ = quick_run
     cfg = collisions.quick_config()
     path = tmp_path / "eval.npz"
-    run_module(
-        "egnn_jax.sim",
+    sim = run_main(
+        "egnn_jax.sim.__main__",
         "collisions",
         *("--n", 4, "--seed", 7, "--t-end", repr(cfg.t_end), "--n-saved", cfg.n_saved),
         *("--no-progress", "--out", path),
-        check=True,
     )
-    proc = run_module("egnn_jax.experiments.collisions", "--workdir", workdir, "--evaluate", path)
+    assert sim.returncode == 0, sim.stderr
+    proc = run_main("egnn_jax.experiments.collisions", "--workdir", workdir, "--evaluate", path)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert len(out["t"]) == cfg.n_saved
@@ -84,14 +84,14 @@ def test_evaluate_prints_the_rollout_contract(quick_run, tmp_path):
     for row in out["models"].values():
         assert len(row["mse"]) == cfg.n_saved and row["mse"][0] == pytest.approx(0.0, abs=1e-12)
     wrong = tmp_path / "wrong.npz"
-    run_module(
-        "egnn_jax.sim",
+    sim = run_main(
+        "egnn_jax.sim.__main__",
         "collisions",
         *("--n", 2, "--t-end", repr(cfg.t_end), "--n-saved", cfg.n_saved, "--radius", 0.05),
         *("--no-progress", "--out", wrong),
-        check=True,
     )
-    bad = run_module("egnn_jax.experiments.collisions", "--workdir", workdir, "--evaluate", wrong)
+    assert sim.returncode == 0, sim.stderr
+    bad = run_main("egnn_jax.experiments.collisions", "--workdir", workdir, "--evaluate", wrong)
     assert bad.returncode != 0 and "radius and box" in bad.stderr
 
 

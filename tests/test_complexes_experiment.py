@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from _cli import native_env, run_module, run_quick
+from _cli import native_env, run_main, run_quick
 
 from egnn_jax.experiments import complexes
 from egnn_jax.experiments._models import ModelSpec
@@ -131,11 +131,11 @@ def test_export_then_evaluate_reproduces_the_test_scores(quick_run, tmp_path):
     workdir, metrics = quick_run
     out = tmp_path / "t.npz"
     cmd = ["egnn_jax.experiments.complexes", "--quick", "--workdir", workdir]
-    exported = run_module(*cmd, "--export", "test", out)
+    exported = run_main(*cmd, "--export", "test", out)
     assert exported.returncode == 0, exported.stderr
     with np.load(out) as f:
         assert set(f.files) == set(complexes.EVALUATION_KEYS) and f["x0"].shape == (20, 9, 3)
-    result = run_module("egnn_jax.experiments.complexes", "--workdir", workdir, "--evaluate", out)
+    result = run_main("egnn_jax.experiments.complexes", "--workdir", workdir, "--evaluate", out)
     assert result.returncode == 0, result.stderr
     scores = json.loads(result.stdout)
     for name, row in metrics["models"].items():

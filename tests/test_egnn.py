@@ -139,8 +139,19 @@ def test_coords_agg_mean_is_sum_over_neighbours():
 # ---------------------------------------------------------------- equivariance
 
 
-@pytest.mark.parametrize("n", [2, 3, 5])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+# Every dimension and every dtype in the fast suite: 3-D in both dtypes, 2-D in float64 (the
+# tight check), 5-D in float32; the other two pairs in `make test-slow` (~3 s of compiles each).
+_DIMENSION_DTYPE = [
+    (3, "float32"),
+    (3, "float64"),
+    (2, "float64"),
+    (5, "float32"),
+    pytest.param(2, "float32", marks=pytest.mark.slow),
+    pytest.param(5, "float64", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("n, dtype", _DIMENSION_DTYPE)
 @pytest.mark.parametrize("name", ["velocity", "options"])
 def test_equivariance_dense(n, dtype, name, strict_dtypes):
     cfg = CONFIGS[name]
@@ -155,8 +166,7 @@ def test_equivariance_dense(n, dtype, name, strict_dtypes):
             assert_equivariant(fn, jax.random.key(100 + seed), h, x, **kw)
 
 
-@pytest.mark.parametrize("n", [2, 3, 5])
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n, dtype", _DIMENSION_DTYPE)
 @pytest.mark.parametrize("edge_chunk_size", [None, 3])  # 3: 10 edges in 4 chunks, 2 padding
 def test_equivariance_sparse(n, dtype, edge_chunk_size, strict_dtypes):
     cfg = dataclasses.replace(CONFIGS["options"], edge_chunk_size=edge_chunk_size)

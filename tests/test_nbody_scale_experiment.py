@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _cli import native_env, run_module, run_quick
+from _cli import native_env, run_main, run_quick
 
 from egnn_jax.experiments import nbody_scale
 from egnn_jax.sim import load_dataset
@@ -100,11 +100,11 @@ def test_export_then_evaluate_reproduces_the_test_scores(quick_run, tmp_path):
     workdir, metrics = quick_run
     out = tmp_path / "t.npz"
     cmd = ["egnn_jax.experiments.nbody_scale", "--quick", "--workdir", workdir]
-    exported = run_module(*cmd, "--export", "test", out)
+    exported = run_main(*cmd, "--export", "test", out)
     assert exported.returncode == 0, exported.stderr
     with np.load(out) as f:
         assert set(f.files) == {"x0", "v0", "q", "xT"} and f["x0"].shape == (32, 5, 3)
-    result = run_module("egnn_jax.experiments.nbody_scale", "--workdir", workdir, "--evaluate", out)
+    result = run_main("egnn_jax.experiments.nbody_scale", "--workdir", workdir, "--evaluate", out)
     assert result.returncode == 0, result.stderr
     scores = json.loads(result.stdout)
     for name, row in metrics["models"].items():

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _cli import run_module, run_quick
+from _cli import run_main, run_module, run_quick
 
 from egnn_jax.experiments import FingerprintMismatchError, best_dir, load_params, three_body
 from egnn_jax.experiments._featurise import featurise, masses_vary
@@ -236,16 +236,13 @@ def test_equivariance_error_detects_broken_model():
 def test_evaluate_cli_on_simulator_file(quick_run, tmp_path):
     workdir, metrics = quick_run
     f = tmp_path / "held_out.npz"
-    run_module(
-        "egnn_jax.sim",
+    sim = run_main(
+        "egnn_jax.sim.__main__",
         "three-body",
         *("--n", 16, "--seed", 123, "--n-saved", 20, "--no-progress", "--out", f),
-        check=True,
-        timeout=300,
     )
-    out = run_module(
-        "egnn_jax.experiments.three_body", "--workdir", workdir, "--evaluate", f, timeout=300
-    )
+    assert sim.returncode == 0, sim.stderr
+    out = run_main("egnn_jax.experiments.three_body", "--workdir", workdir, "--evaluate", f)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert set(result) == set(three_body.MODEL_NAMES)
