@@ -39,7 +39,7 @@ def run_module(module: str, *args, check: bool = False, timeout: int = 600):
     )
 
 
-def run_main(module: str, *args) -> subprocess.CompletedProcess:
+def run_main(module: str, *args, check: bool = False) -> subprocess.CompletedProcess:
     """``module.main(args)`` in this process, its stdout and stderr captured: the command line
     minus the interpreter start, so the programs the file's quick run compiled serve it again
     (each ``python -m`` child pays ~4 s of imports and compiles them anew). Keep `run_module`
@@ -51,9 +51,11 @@ def run_main(module: str, *args) -> subprocess.CompletedProcess:
             code = importlib.import_module(module).main(argv)
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else 1
-    return subprocess.CompletedProcess(
+    done = subprocess.CompletedProcess(
         [module, *argv], code or 0, stdout=out.getvalue(), stderr=err.getvalue()
     )
+    assert not check or done.returncode == 0, done.stderr
+    return done
 
 
 def run_quick(experiment, workdir: Path, data_dir: Path | None = None, models=None):

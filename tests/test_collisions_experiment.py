@@ -69,13 +69,13 @@ def test_evaluate_prints_the_rollout_contract(quick_run, tmp_path):
     workdir, _ = quick_run
     cfg = collisions.quick_config()
     path = tmp_path / "eval.npz"
-    sim = run_main(
+    run_main(
         "egnn_jax.sim.__main__",
         "collisions",
         *("--n", 4, "--seed", 7, "--t-end", repr(cfg.t_end), "--n-saved", cfg.n_saved),
         *("--no-progress", "--out", path),
+        check=True,
     )
-    assert sim.returncode == 0, sim.stderr
     proc = run_main("egnn_jax.experiments.collisions", "--workdir", workdir, "--evaluate", path)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -84,13 +84,13 @@ def test_evaluate_prints_the_rollout_contract(quick_run, tmp_path):
     for row in out["models"].values():
         assert len(row["mse"]) == cfg.n_saved and row["mse"][0] == pytest.approx(0.0, abs=1e-12)
     wrong = tmp_path / "wrong.npz"
-    sim = run_main(
+    run_main(
         "egnn_jax.sim.__main__",
         "collisions",
         *("--n", 2, "--t-end", repr(cfg.t_end), "--n-saved", cfg.n_saved, "--radius", 0.05),
         *("--no-progress", "--out", wrong),
+        check=True,
     )
-    assert sim.returncode == 0, sim.stderr
     bad = run_main("egnn_jax.experiments.collisions", "--workdir", workdir, "--evaluate", wrong)
     assert bad.returncode != 0 and "radius and box" in bad.stderr
 

@@ -90,13 +90,13 @@ def test_evaluate_prints_the_contract_on_a_longer_file(quick_run, tmp_path):
     cfg = rollout.quick_config()
     path = tmp_path / "long.npz"
     n_saved = 2 * cfg.n_saved - 1  # twice the training horizon, the same spacing
-    sim = run_main(
+    run_main(
         "egnn_jax.sim.__main__",
         "three-body",
         *("--n", 6, "--seed", 9, "--t-end", repr(2 * cfg.t_end), "--n-saved", n_saved),
         *("--no-progress", "--out", path),
+        check=True,
     )
-    assert sim.returncode == 0, sim.stderr
     out = run_main("egnn_jax.experiments.rollout", "--workdir", workdir, "--evaluate", path)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
