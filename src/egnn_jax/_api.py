@@ -14,6 +14,7 @@ from jaxtyping import Array, Float
 from ._config import EGNNConfig
 from ._egcl import EGNN
 from ._graph import DenseGraph, SparseGraph
+from ._init_graph import InitShapes, check_at_trace_time, init_config
 from ._neighbours import check_box
 from ._typing import EdgeAttr, NodeFeatures, Positions
 
@@ -212,10 +213,11 @@ def _checked_indices(graph, api_name: str = "egnn_jax.apply"):
     return graph._replace(senders=checked[0], receivers=checked[1])
 
 
-@functools.partial(jax.jit, static_argnames="config")
-def _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, box):
-    graph = _validate(config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, box)
-    return EGNN(config).init(key, graph, h, x, v, edge_attr)
+@functools.partial(jax.jit, static_argnames=("config", "shapes"))
+def _init(key, config: EGNNConfig, shapes: InitShapes):
+    inputs = shapes.inputs()
+    graph = DenseGraph(inputs.node_mask)
+    return EGNN(config).init(key, graph, inputs.h, inputs.x, inputs.v, inputs.edge_attr)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "edge_sharding"))
@@ -283,8 +285,10 @@ def init(
 ):
     """Initialise the parameters of an EGNN stack (pure; jit-compiled).
 
-    The parameter shapes depend only on the widths F and A, so parameters initialised on a
-    dense graph serve sparse graphs and any number of nodes or spatial dimension n.
+    The parameters depend only on the key, the config and the widths F and A, so parameters
+    initialised on a dense graph serve sparse graphs and any number of nodes or spatial
+    dimension n. They are made on a two-node graph of those widths: one compile per
+    (config, F, A, n, dtype), and no forward pass over the caller's graph, however large.
 
     Arguments:
         key: a `jax.random` key.
@@ -308,7 +312,19 @@ def init(
     if senders is not None:
         _check_indices_if_concrete(senders, receivers, h.shape[0])
     check_box(box, np.shape(x)[-1])
-    return _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, box)
+    check_at_trace_time(
+        functools.partial(_validate, config),
+        h,
+        x,
+        v,
+        edge_attr,
+        node_mask,
+        senders,
+        receivers,
+        edge_mask,
+        box,
+    )
+    return _init(key, init_config(config), InitShapes.of(h, x, v, edge_attr))
 
 
 def apply(

@@ -319,10 +319,10 @@ def complete_graph_edges(num_nodes: int) -> tuple[jax.Array, jax.Array]:
     Returns:
         `(senders, receivers)`, each `[num_nodes * (num_nodes - 1)]` int32, ordered by receiver.
     """
-    receivers, senders = jnp.nonzero(
-        ~jnp.eye(num_nodes, dtype=bool), size=num_nodes * (num_nodes - 1)
-    )
-    return senders.astype(jnp.int32), receivers.astype(jnp.int32)
+    # NumPy: the list depends on the static size only, and an eager jnp.nonzero would
+    # compile a program for every size.
+    receivers, senders = np.nonzero(~np.eye(num_nodes, dtype=bool))
+    return jnp.asarray(senders, jnp.int32), jnp.asarray(receivers, jnp.int32)
 
 
 def dense_to_sparse_edge_attr(edge_attr: jax.Array) -> jax.Array:

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 from ._api import _shape, _validate_graph
 from ._config import EGHNConfig
 from ._eghn import EGHN, EGHNOutput, EPool, EUpPool, cut_loss
+from ._graph import DenseGraph
+from ._init_graph import NUM_NODES, InitShapes, check_at_trace_time, init_config
 
 __all__ = ["EGHN", "EGHNConfig", "EGHNOutput", "EPool", "EUpPool", "apply", "cut_loss", "init"]
 
@@ -73,11 +75,13 @@ def _check_params(params, config: EGHNConfig, h, edge_attr):
         raise ValueError(f"params have dtype {embed.dtype} but the inputs {h.dtype}")
 
 
-@functools.partial(jax.jit, static_argnames=("config", "local_capacity"))
-def _init(key, config, h, x, v, edge_attr, local_adjacency, node_mask, local_capacity):
-    graph = _validate(config, h, x, v, edge_attr, local_adjacency, node_mask, local_capacity)
-    model = EGHN(config, local_capacity)
-    return model.init(key, graph, local_adjacency, h, x, v, edge_attr)
+@functools.partial(jax.jit, static_argnames=("config", "shapes"))
+def _init(key, config: EGHNConfig, shapes: InitShapes):
+    inputs = shapes.inputs()
+    both_bonded = ~jnp.eye(NUM_NODES, dtype=bool)
+    model = EGHN(config, None)
+    graph = DenseGraph(inputs.node_mask)
+    return model.init(key, graph, both_bonded, inputs.h, inputs.x, inputs.v, inputs.edge_attr)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "local_capacity"))
@@ -122,7 +126,16 @@ def init(
     Raises:
         ValueError: at trace time for wrong ranks, shapes or dtypes, naming the argument.
     """
-    return _init(key, config, h, x, v, edge_attr, local_adjacency, node_mask, local_capacity)
+    check_at_trace_time(
+        lambda *a: _validate(config, *a, local_capacity),
+        h,
+        x,
+        v,
+        edge_attr,
+        local_adjacency,
+        node_mask,
+    )
+    return _init(key, init_config(config), InitShapes.of(h, x, v, edge_attr))
 
 
 def apply(

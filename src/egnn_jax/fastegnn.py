@@ -53,6 +53,7 @@ from ._api import _check_params as _api_check_params
 from ._config import FastEGNNConfig
 from ._fastegnn import FastEGCL, FastEGNN, FastEGNNOutput, mmd_loss
 from ._graph import DenseGraph
+from ._init_graph import InitShapes, check_at_trace_time, init_config
 
 __all__ = [
     "FastEGCL",
@@ -172,25 +173,12 @@ def _check_params(params, config: FastEGNNConfig, h, edge_attr):
         )
 
 
-@functools.partial(jax.jit, static_argnames="config")
-def _init(
-    key,
-    config,
-    h,
-    x,
-    v,
-    edge_attr,
-    node_mask,
-    senders,
-    receivers,
-    edge_mask,
-    node_graph,
-    graph_mask,
-):
-    graph, mask, g = _validate(
-        config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask, node_graph, graph_mask
-    )
-    return FastEGNN(config).init(key, graph, mask, h, x, v, edge_attr, node_graph, g)
+@functools.partial(jax.jit, static_argnames=("config", "shapes"))
+def _init(key, config: FastEGNNConfig, shapes: InitShapes):
+    inputs = shapes.inputs()
+    graph = DenseGraph(inputs.node_mask)
+    h, x, v, a = inputs.h, inputs.x, inputs.v, inputs.edge_attr
+    return FastEGNN(config).init(key, graph, inputs.node_mask, h, x, v, a, None, 1)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "edge_sharding"))
@@ -245,9 +233,8 @@ def init(
         ``virtual_features [C, hidden_features]`` are the virtual nodes' initial features.
     """
     _check_if_concrete(h, senders, receivers, node_graph, graph_mask)
-    return _init(
-        key,
-        config,
+    check_at_trace_time(
+        functools.partial(_validate, config),
         h,
         x,
         v,
@@ -259,6 +246,7 @@ def init(
         node_graph,
         graph_mask,
     )
+    return _init(key, init_config(config), InitShapes.of(h, x, v, edge_attr))
 
 
 def apply(

@@ -30,6 +30,7 @@ from ._api import (
 from ._config import HEGNNConfig
 from ._graph import DenseGraph, SparseGraph
 from ._hegnn import HEGNN, HEGNNLayer, Steerable, SteerableInit, spherical_harmonics
+from ._init_graph import InitShapes, check_at_trace_time, init_config
 from ._typing import EdgeAttr, NodeFeatures, Positions
 
 __all__ = [
@@ -99,10 +100,11 @@ def _check_hegnn_params(params, config: HEGNNConfig, h, edge_attr):
         )
 
 
-@functools.partial(jax.jit, static_argnames="config")
-def _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask):
-    graph = _validate(config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask)
-    return HEGNN(config).init(key, graph, h, x, v, edge_attr)
+@functools.partial(jax.jit, static_argnames=("config", "shapes"))
+def _init(key, config: HEGNNConfig, shapes: InitShapes):
+    inputs = shapes.inputs()
+    graph = DenseGraph(inputs.node_mask)
+    return HEGNN(config).init(key, graph, inputs.h, inputs.x, inputs.v, inputs.edge_attr)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "return_steerable"))
@@ -168,7 +170,18 @@ def init(
     """
     if senders is not None:
         _check_indices_if_concrete(senders, receivers, h.shape[0])
-    return _init(key, config, h, x, v, edge_attr, node_mask, senders, receivers, edge_mask)
+    check_at_trace_time(
+        functools.partial(_validate, config),
+        h,
+        x,
+        v,
+        edge_attr,
+        node_mask,
+        senders,
+        receivers,
+        edge_mask,
+    )
+    return _init(key, init_config(config), InitShapes.of(h, x, v, edge_attr))
 
 
 def apply(
