@@ -41,6 +41,7 @@ bench: $(STAMP) ## Benchmarks; JSON lands in benchmarks/results/
 	$(PY) benchmarks/bench_scale.py  # add --reference egnn_clean.py (and torch) for the authors' column
 	$(PY) benchmarks/bench_edge_chunks.py
 	$(PY) benchmarks/bench_sharded_graph.py
+	$(PY) benchmarks/bench_init.py
 
 lint: $(STAMP) ## ruff check + format check
 	$(PY) -m ruff check src tests benchmarks examples scripts

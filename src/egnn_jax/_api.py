@@ -288,7 +288,7 @@ def init(
     The parameters depend only on the key, the config and the widths F and A, so parameters
     initialised on a dense graph serve sparse graphs and any number of nodes or spatial
     dimension n. They are made on a two-node graph of those widths: one compile per
-    (config, F, A, n, dtype), and no forward pass over the caller's graph, however large.
+    (config, F, A, n, dtype), not one per graph shape.
 
     Arguments:
         key: a `jax.random` key.
