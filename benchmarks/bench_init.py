@@ -3,9 +3,10 @@
 `init` makes the parameters on a two-node graph (`egnn_jax._init_graph`): the same bits, one
 compile per (config, widths, dtype). The alternative, a Flax init on the caller's graph
 (what `init` did before), traces and compiles its forward pass at every graph shape (XLA
-then drops the pass: the parameters do not depend on it, hence its ~0 temporaries). Both are timed side by side in one process, as a user meets them: the first call
-at a size (compile included) and a repeat call (compiled), on the periodic fluids of
-`bench_scale.py` (~30 neighbours a node), EGNN hidden 64, 4 layers.
+then drops the pass: the parameters do not depend on it, hence its ~0 temporaries). Both
+are timed side by side in one process, as a user meets them: the first call at a size
+(compile included) and a repeat call (compiled), on the periodic fluids of `bench_scale.py`
+(~30 neighbours a node), EGNN hidden 64, 4 layers.
 
     python benchmarks/bench_init.py [--nodes 1000 10000 100000]
 

@@ -102,7 +102,7 @@ def test_quick_run_trains_every_model_and_draws_the_clusters(quick_run):
     _check_quick_run(*quick_run, FAST_MODELS)
 
 
-@pytest.mark.slow  # ~70 s: every model
+@pytest.mark.slow  # ~40 s: every model
 def test_quick_run_of_every_model(tmp_path):
     _check_quick_run(*run_quick(complexes, tmp_path), complexes.MODEL_NAMES)
 

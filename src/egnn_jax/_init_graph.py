@@ -6,8 +6,8 @@ this fixed graph, built from the caller's feature widths, spatial dimension and 
 one compiled init per (config, widths, n, dtype), whatever the size or layout (dense, edge
 list, packed batch) of the caller's graph, where an init on that graph compiles anew for
 every graph shape (XLA then drops the forward pass: the parameters do not depend on it, so
-the saving is the compile, ~4 s for a 4-layer EGNN on this CPU). The tests check that the parameters equal, bit for bit, those of an init
-on the caller's own graph.
+the saving is the compile, ~4 s for a 4-layer EGNN on this CPU). The tests check that the
+parameters equal, bit for bit, those of an init on the caller's own graph.
 """
 
 from __future__ import annotations
