@@ -110,7 +110,11 @@ def step_init(key, config: EGNNConfig, state: State, edge_fn: EdgeFn | None = No
     k_trunk, k_head = jax.random.split(key)
     a = _edges(edge_fn, state.x)
     trunk = init(k_trunk, config, state.h, state.x, v=state.v, edge_attr=a)
-    h_out, _ = apply(trunk, config, state.h, state.x, v=state.v, edge_attr=a)
+    # The head's init needs only the trunk's output shape: no forward pass to compile.
+    h_out, _ = jax.eval_shape(
+        lambda p: apply(p, config, state.h, state.x, v=state.v, edge_attr=a), trunk
+    )
+    h_out = jnp.zeros(h_out.shape, h_out.dtype)
     head = init(k_head, _head_config(config), h_out, state.x, v=state.v, edge_attr=a)
     return {"trunk": trunk, "head": head}
 
