@@ -21,7 +21,7 @@ install: $(STAMP) ## Create .venv and install egnn-jax with dev extras (idempote
 # A worker that crashes fails the run at once: pytest-xdist's replacement worker can wait
 # forever for the crashed worker's files under --dist loadfile. The slowest tests are listed at
 # the end: the suite must stay within CI's ~10 minutes.
-test: $(STAMP) ## Fast test suite (CPU; 12 min on the 2-core VM on 2026-12-04, budget ~10: see README, Tests)
+test: $(STAMP) ## Fast test suite (CPU; 10 min on the 2-core VM on 2026-12-04, budget ~10: see README, Tests)
 	$(PY) -m pytest -m "not slow" -q -n 2 --dist loadfile --max-worker-restart 0 --durations 15
 
 test-slow: $(STAMP) ## Slow tests only (full-size checks)
