@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import egnn_jax
 from egnn_jax._atomic import atomic_open
 from egnn_jax.sim import ComplexesConfig, complex_sizes, load_or_simulate
 
@@ -326,10 +327,11 @@ class Complexes(FrameTask):
             )
             if name == "eghn_bounded":
                 options += (("logit_bound", ASSIGNMENT_LOGIT_BOUND),)
-            layers = config.eghn_layers
-            if layers != 3:  # the paper's depth is EGHNConfig's default: committed specs omit it
-                stages = ("low_layers", "pooling_layers", "high_layers")
-                options += tuple((stage, layers) for stage in stages)
+            # A stage at EGHNConfig's default depth (the paper's) is left out of the options,
+            # so the specs, and fingerprints, of the committed runs stay as they were.
+            layers, paper = config.eghn_layers, egnn_jax.EGHNConfig()
+            stages = ("low_layers", "pooling_layers", "high_layers")
+            options += tuple((s, layers) for s in stages if layers != getattr(paper, s))
             return ModelSpec(name, "eghn", width, layers, options)
         raise ValueError(f"unknown model {name!r}; choose from {MODEL_NAMES}")
 
