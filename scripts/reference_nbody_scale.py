@@ -35,9 +35,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import io
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import tempfile
@@ -81,6 +83,20 @@ _SHIM_SPARSE = '''\
 def spmm(*args, **kwargs):
     raise NotImplementedError("torch_sparse is not installed (stand-in module)")
 '''
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self):
+        for stream in self.streams:
+            stream.flush()
 
 
 def install_shims(folder: Path) -> list[str]:
@@ -224,23 +240,26 @@ def main(argv=None):
 
     os.chdir(workdir)  # train() writes ./state_dict/nbody and the log folder
     start = time.perf_counter()
-    best, log = train(
-        model,
-        loader(train_ds, True),
-        loader(valid_ds, False),
-        loader(test_ds, False),
-        optimizer,
-        loss,
-        sigma=1.5,
-        weight=0.01,
-        device="cpu",
-        test_interval=5,
-        config=Config,
-        log_directory=str(workdir / "logs"),
-        log_name="log.json",
-        early_stop=100,
-        sample=3,
-    )
+    # train() logs the validation loss only on stdout: keep a copy to read it back.
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, captured)):
+        best, log = train(
+            model,
+            loader(train_ds, True),
+            loader(valid_ds, False),
+            loader(test_ds, False),
+            optimizer,
+            loss,
+            sigma=1.5,
+            weight=0.01,
+            device="cpu",
+            test_interval=5,
+            config=Config,
+            log_directory=str(workdir / "logs"),
+            log_name="log.json",
+            early_stop=100,
+            sample=3,
+        )
     seconds = time.perf_counter() - start
 
     state = workdir / "state_dict" / "nbody" / f"{model.__class__.__name__}_best_model.pth"
@@ -272,6 +291,10 @@ def main(argv=None):
         "test_mse_our_split": full,
         "train_seconds": seconds,
         # The reference logs the test loss at every validation, and the training loss.
+        "valid_curve": {
+            m[1]: float(m[2])
+            for m in re.finditer(r"valid epoch: (\d+), avg loss: ([\d.]+)", captured.getvalue())
+        },
         "test_curve": {str(e): v for e, v in zip(log["epochs"], log["loss"], strict=True)},
         "train_curve": {str(e): log["loss_train"][e - 1] for e in log["epochs"]},
     }
