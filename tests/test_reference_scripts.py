@@ -1,0 +1,57 @@
+"""scripts/reference_nbody_scale.py: our splits in the HEGNN authors' file layout.
+
+The training itself needs PyTorch and a GLAD-RUC/HEGNN checkout (not in CI); what is
+checked here is that the authors' `NBodySystemDataset` will read our systems at its frames
+30 and 40 (`loc[:, 30]`, `vel[:, 30]`, `loc[:, 40]`, charges `[S, N, 1]`).
+"""
+
+import ast
+import importlib.util
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reference_nbody_scale.py"
+_spec = importlib.util.spec_from_file_location("reference_nbody_scale", _SCRIPT)
+reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(reference)
+
+
+def test_split_lands_at_the_reference_frames(tmp_path):
+    rng = np.random.default_rng(0)
+    s, n = 4, 5
+    arrays = {
+        "x0": rng.normal(size=(s, n, 3)).astype(np.float32),
+        "v0": rng.normal(size=(s, n, 3)).astype(np.float32),
+        "q": rng.choice([-1.0, 1.0], size=(s, n)).astype(np.float32),
+        "xT": rng.normal(size=(s, n, 3)).astype(np.float32),
+    }
+    reference.write_reference_files(arrays, "valid", tmp_path)
+    suffix = f"valid_charged{reference.DATASET_NAME}"
+    loc = np.load(tmp_path / f"loc_{suffix}.npy")
+    vel = np.load(tmp_path / f"vel_{suffix}.npy")
+    charges = np.load(tmp_path / f"charges_{suffix}.npy")
+    assert loc.shape == vel.shape == (s, 41, n, 3)
+    np.testing.assert_array_equal(loc[:, 30], arrays["x0"])
+    np.testing.assert_array_equal(loc[:, 40], arrays["xT"])
+    np.testing.assert_array_equal(vel[:, 30], arrays["v0"])
+    np.testing.assert_array_equal(charges, arrays["q"][..., None])
+    assert np.load(tmp_path / f"edges_{suffix}.npy").shape == (s, n, n)
+    with open(tmp_path / f"cfg_{suffix}.pkl", "rb") as f:
+        assert pickle.load(f) is None
+
+
+def test_stand_ins_only_for_missing_packages(tmp_path, monkeypatch):
+    monkeypatch.setattr(reference.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(reference.sys, "path", list(reference.sys.path))
+    made = reference.install_shims(tmp_path)
+    assert made == ["torch_scatter", "torch_sparse"]
+    assert reference.sys.path[0] == str(tmp_path)
+    tree = ast.parse((tmp_path / "torch_scatter" / "__init__.py").read_text())
+    names = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    names |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets}
+    # what the authors' models import from torch_scatter
+    assert {"scatter", "scatter_sum", "scatter_add", "scatter_mean"} <= names
+    monkeypatch.setattr(reference.importlib.util, "find_spec", lambda name: object())
+    assert reference.install_shims(tmp_path / "none") == []
