@@ -1,0 +1,154 @@
+"""Our committed EGNN-vel, loaded into the EGNN authors' PyTorch `EGNN_vel`: the same predictions?
+
+The committed `egnn_vel` of an N-body workdir (default: the EGNN paper's task on the paper's
+data, `experiments/results/nbody_charged/paper_data`) is copied, weight by weight, into
+`n_body_system/model.py: EGNN_vel` of a vgsatorras/egnn checkout (`models/gcl.py:
+E_GCL_vel` layers, recurrent, as its `main_nbody.py` builds it; nothing of theirs is copied
+here). Both predict the target frame of every system of the exported test split from the
+inputs `main_nbody.py` gives (node |v|, edges [q_i q_j, |x_i - x_j|^2], complete graph). If
+our port is the authors' model, both agree to float32 rounding and score the test MSE of
+`metrics.json`. Needs PyTorch in the project's venv (`pip install torch==2.13.0`)::
+
+    W=experiments/results/nbody_charged/paper_data
+    python -m egnn_jax.experiments.nbody_charged --workdir $W --sampler numpy-legacy \\
+        --seed 43 --export test /tmp/paper_test.npz
+    python scripts/reference_egnn_forward.py --reference /tmp/egnn --data /tmp/paper_test.npz \\
+        --workdir $W --out $W/reference_code/forward.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from reference_nbody_scale import atomic_write_json, git_commit  # noqa: E402
+
+import egnn_jax  # noqa: E402
+from egnn_jax.experiments import nbody_charged  # noqa: E402
+from egnn_jax.experiments._checkpoint import best_dir, load_params  # noqa: E402
+
+# Ours -> the reference's `nn.Sequential` layers in each `E_GCL_vel`.
+LAYER_LINEARS = {
+    "edge_in": "edge_mlp.0",
+    "edge_out": "edge_mlp.2",
+    "node_hidden": "node_mlp.0",
+    "node_out": "node_mlp.2",
+    "coord_hidden": "coord_mlp.0",
+    "coord_out": "coord_mlp.2",
+    "vel_hidden": "coord_mlp_vel.0",
+    "vel_out": "coord_mlp_vel.2",
+}
+
+
+def torch_state(params: dict, num_layers: int) -> dict:
+    """Our parameter tree as the reference's state dict (`nn.Linear` weight = kernel.T)."""
+    import torch
+
+    p = params["params"]
+    tensor = lambda a: torch.tensor(np.ascontiguousarray(a))
+    state = {
+        "embedding.weight": tensor(np.asarray(p["embedding"]["kernel"]).T),
+        "embedding.bias": tensor(np.asarray(p["embedding"]["bias"])),
+    }
+    for i in range(num_layers):
+        for ours, theirs in LAYER_LINEARS.items():
+            dense = p[f"layer_{i}"][ours]
+            state[f"gcl_{i}.{theirs}.weight"] = tensor(np.asarray(dense["kernel"]).T)
+            if "bias" in dense:
+                state[f"gcl_{i}.{theirs}.bias"] = tensor(np.asarray(dense["bias"]))
+    return state
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--reference", type=Path, required=True, help="a checkout of vgsatorras/egnn"
+    )
+    parser.add_argument("--data", type=Path, required=True, help="our exported test split")
+    parser.add_argument(
+        "--workdir", type=Path, default=Path("experiments/results/nbody_charged/paper_data")
+    )
+    parser.add_argument("--model", default="egnn_vel")
+    parser.add_argument("--out", type=Path, required=True, help="JSON result")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    sys.path.insert(0, str(args.reference.resolve()))
+    from n_body_system.model import EGNN_vel
+
+    metrics = json.loads((args.workdir / "metrics.json").read_text())
+    spec = metrics["models"][args.model]["fingerprint"]["model"]
+    if spec["kind"] != "egnn" or dict(spec["options"]) != {"velocity": True}:
+        raise SystemExit(f"{args.model} is not the EGNN-vel of the paper: {spec}")
+    data = dict(np.load(args.data))
+    batch = {
+        k: np.asarray(a)
+        for k, a in nbody_charged.featurise(data["x0"], data["v0"], data["q"], data["xT"]).items()
+    }
+    cfg = egnn_jax.EGNNConfig(
+        hidden_features=spec["hidden_features"], num_layers=spec["num_layers"], velocity=True
+    )
+    one = {k: batch[k][0] for k in ("node_feat", "x0", "v0", "edge_attr")}
+    like = egnn_jax.init(
+        jax.random.key(0), cfg, one["node_feat"], one["x0"], v=one["v0"], edge_attr=one["edge_attr"]
+    )
+    params = load_params(best_dir(args.workdir, args.model), like)[0]
+    ours = jax.jit(
+        jax.vmap(lambda h, x, v, a: egnn_jax.apply(params, cfg, h, x, v=v, edge_attr=a)[1])
+    )
+    mine = np.asarray(
+        ours(*(jnp.asarray(batch[k]) for k in ("node_feat", "x0", "v0", "edge_attr")))
+    )
+
+    torch.manual_seed(0)
+    model = EGNN_vel(
+        in_node_nf=1,
+        in_edge_nf=2,
+        hidden_nf=cfg.hidden_features,
+        n_layers=cfg.num_layers,
+        recurrent=True,
+    )
+    model.load_state_dict(torch_state(params, cfg.num_layers), strict=True)
+    s, n, _ = batch["x0"].shape
+    rows, cols = np.nonzero(~np.eye(n, dtype=bool))  # the reference's get_edges order
+    offset = (np.arange(s) * n)[:, None]
+    edges = [torch.tensor((rows + offset).ravel()), torch.tensor((cols + offset).ravel())]
+    edge_attr = torch.tensor(batch["edge_attr"][:, rows, cols].reshape(-1, 2))
+    flat = {k: torch.tensor(batch[k].reshape(s * n, -1)) for k in ("node_feat", "x0", "v0")}
+    with torch.no_grad():
+        theirs = (
+            model(flat["node_feat"], flat["x0"], edges, flat["v0"], edge_attr)
+            .numpy()
+            .reshape(s, n, 3)
+        )
+
+    target = batch["target"]
+    result = {
+        "max_abs_difference": float(np.max(np.abs(mine - theirs))),
+        "test_mse_ours": float(np.mean((mine - target) ** 2)),
+        "test_mse_reference_forward": float(np.mean((theirs - target) ** 2)),
+        "test_mse_metrics_json": metrics["models"][args.model]["test_mse"],
+    }
+    print(json.dumps(result))
+    atomic_write_json(
+        args.out,
+        {
+            "reference": "vgsatorras/egnn n_body_system/model.py EGNN_vel",
+            "reference_commit": git_commit(args.reference),
+            "torch": torch.__version__,
+            "workdir": str(args.workdir),
+            "models": {args.model: result},
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
