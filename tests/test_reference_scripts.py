@@ -55,3 +55,39 @@ def test_stand_ins_only_for_missing_packages(tmp_path, monkeypatch):
     assert {"scatter", "scatter_sum", "scatter_add", "scatter_mean"} <= names
     monkeypatch.setattr(reference.importlib.util, "find_spec", lambda name: object())
     assert reference.install_shims(tmp_path / "none") == []
+
+
+_COMPLEXES = Path(__file__).resolve().parents[1] / "scripts" / "reference_complexes.py"
+_spec_c = importlib.util.spec_from_file_location("reference_complexes", _COMPLEXES)
+reference_complexes = importlib.util.module_from_spec(_spec_c)
+_spec_c.loader.exec_module(reference_complexes)
+
+
+def test_complexes_split_drops_padding_and_lists_each_complex(tmp_path):
+    rng = np.random.default_rng(1)
+    s, n = 2, 6
+    node_mask = np.array([[True] * 6, [True] * 4 + [False] * 2])
+    arrays = {
+        "x0": rng.normal(size=(s, n, 3)).astype(np.float32),
+        "v0": rng.normal(size=(s, n, 3)).astype(np.float32),
+        "xT": rng.normal(size=(s, n, 3)).astype(np.float32),
+        "q": rng.choice([-1.0, 1.0], size=(s, n)).astype(np.float32),
+        "complex_id": np.array([[0, 1, 1, 0, 2, 2], [1, 0, 1, 0, 0, 0]], np.int32),
+        "node_mask": node_mask,
+    }
+    reference_complexes.write_reference_files(arrays, "test", tmp_path, "2_3_5")
+
+    def load(key):
+        with open(tmp_path / f"{key}_test_charged2_3_5.pkl", "rb") as f:
+            return pickle.load(f)
+
+    loc, vel, charges, edges, cfg = (load(k) for k in ("loc", "vel", "charges", "edges", "cfg"))
+    assert [a.shape for a in loc] == [(26, 6, 3), (26, 4, 3)]
+    np.testing.assert_allclose(loc[1][10], arrays["x0"][1, :4])
+    np.testing.assert_allclose(loc[1][25], arrays["xT"][1, :4])
+    np.testing.assert_allclose(vel[0][10], arrays["v0"][0])
+    assert charges[1].shape == (4, 1)
+    q = arrays["q"][1, :4].astype(np.float64)
+    np.testing.assert_allclose(edges[1], q[:, None] * q[None, :])
+    assert cfg[0] == {"Complex": [[0, 3], [1, 2], [4, 5]]}
+    assert cfg[1] == {"Complex": [[1, 3], [0, 2]]}
