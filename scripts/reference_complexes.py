@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from reference_nbody_scale import atomic_write_json, git_commit  # noqa: E402
+from _reference import atomic_write_json, git_commit  # noqa: E402
 
 INPUT_FRAME, TARGET_FRAME = 10, 25
 SYSTEM_TYPES = 5  # the reference's file names carry it; our generator uses the same 5

@@ -28,11 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from reference_nbody_scale import atomic_write_json, git_commit  # noqa: E402
+from _reference import atomic_write_json, committed_params, git_commit, put_linear  # noqa: E402
 
 import egnn_jax  # noqa: E402
 from egnn_jax.experiments import nbody_charged  # noqa: E402
-from egnn_jax.experiments._checkpoint import best_dir, load_params  # noqa: E402
 
 # Ours -> the reference's `nn.Sequential` layers in each `E_GCL_vel`.
 LAYER_LINEARS = {
@@ -49,20 +48,12 @@ LAYER_LINEARS = {
 
 def torch_state(params: dict, num_layers: int) -> dict:
     """Our parameter tree as the reference's state dict (`nn.Linear` weight = kernel.T)."""
-    import torch
-
     p = params["params"]
-    tensor = lambda a: torch.tensor(np.ascontiguousarray(a))
-    state = {
-        "embedding.weight": tensor(np.asarray(p["embedding"]["kernel"]).T),
-        "embedding.bias": tensor(np.asarray(p["embedding"]["bias"])),
-    }
+    state = {}
+    put_linear(state, "embedding", p["embedding"])
     for i in range(num_layers):
         for ours, theirs in LAYER_LINEARS.items():
-            dense = p[f"layer_{i}"][ours]
-            state[f"gcl_{i}.{theirs}.weight"] = tensor(np.asarray(dense["kernel"]).T)
-            if "bias" in dense:
-                state[f"gcl_{i}.{theirs}.bias"] = tensor(np.asarray(dense["bias"]))
+            put_linear(state, f"gcl_{i}.{theirs}", p[f"layer_{i}"][ours])
     return state
 
 
@@ -96,11 +87,7 @@ def main(argv=None):
     cfg = egnn_jax.EGNNConfig(
         hidden_features=spec["hidden_features"], num_layers=spec["num_layers"], velocity=True
     )
-    one = {k: batch[k][0] for k in ("node_feat", "x0", "v0", "edge_attr")}
-    like = egnn_jax.init(
-        jax.random.key(0), cfg, one["node_feat"], one["x0"], v=one["v0"], edge_attr=one["edge_attr"]
-    )
-    params = load_params(best_dir(args.workdir, args.model), like)[0]
+    params = committed_params(egnn_jax, cfg, batch, args.workdir, args.model)
     ours = jax.jit(
         jax.vmap(lambda h, x, v, a: egnn_jax.apply(params, cfg, h, x, v=v, edge_attr=a)[1])
     )

@@ -30,11 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from reference_nbody_scale import atomic_write_json, git_commit  # noqa: E402
+from _reference import atomic_write_json, committed_params, git_commit, put_linear  # noqa: E402
 
 import egnn_jax  # noqa: E402
 from egnn_jax.experiments import nbody_scale  # noqa: E402
-from egnn_jax.experiments._checkpoint import best_dir, load_params  # noqa: E402
 
 KEEP_FRACTION = 0.5  # the experiment's (and the reference N-body script's) real-real edges
 
@@ -65,13 +64,9 @@ def torch_state(params: dict, cfg) -> dict:
 
     p = params["params"]
     width, c = cfg.hidden_features, cfg.virtual_channels
-    tensor = lambda a: torch.tensor(np.ascontiguousarray(a))
-    state = {
-        # ours [C, H]; theirs [1, H, C]
-        "virtual_node_feat": tensor(np.asarray(p["virtual_features"]).T[None]),
-        "embedding_in.weight": tensor(np.asarray(p["embedding"]["kernel"]).T),
-        "embedding_in.bias": tensor(np.asarray(p["embedding"]["bias"])),
-    }
+    virtual = np.asarray(p["virtual_features"]).T[None]  # ours [C, H]; theirs [1, H, C]
+    state = {"virtual_node_feat": torch.tensor(np.ascontiguousarray(virtual))}
+    put_linear(state, "embedding_in", p["embedding"])
     for i in range(cfg.num_layers):
         for ours, theirs in LAYER_LINEARS.items():
             dense = p[f"layer_{i}"][ours]
@@ -80,9 +75,7 @@ def torch_state(params: dict, cfg) -> dict:
                 head, tail = kernel[: 2 * width], kernel[2 * width :]
                 tail = tail.reshape(c, width, -1).transpose(1, 0, 2).reshape(c * width, -1)
                 kernel = np.concatenate([head, tail])
-            state[f"gcl_{i}.{theirs}.weight"] = tensor(kernel.T)
-            if "bias" in dense:
-                state[f"gcl_{i}.{theirs}.bias"] = tensor(np.asarray(dense["bias"]))
+            put_linear(state, f"gcl_{i}.{theirs}", dense, kernel)
     return state
 
 
@@ -116,16 +109,7 @@ def main(argv=None):
             if k not in ("keep_fraction", "mmd_weight", "mmd_sigma")
         },
     )
-    one = {k: batch[k][0] for k in ("node_feat", "x0", "v0", "edge_attr")}
-    like = egnn_jax.fastegnn.init(
-        jax.random.key(0),
-        cfg,
-        one["node_feat"],
-        one["x0"],
-        v=one["v0"],
-        edge_attr=one["edge_attr"],
-    )
-    params = load_params(best_dir(workdir, "fastegnn"), like)[0]
+    params = committed_params(egnn_jax.fastegnn, cfg, batch, workdir, "fastegnn")
 
     @jax.jit
     def ours(h, x, v, a):

@@ -19,6 +19,7 @@ authors' model, the two predictions agree to float32 rounding and both score the
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -29,11 +30,11 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from reference_nbody_scale import atomic_write_json, git_commit, install_shims  # noqa: E402
+from _reference import atomic_write_json, committed_params, git_commit, put_linear  # noqa: E402
+from reference_nbody_scale import install_shims  # noqa: E402
 
 import egnn_jax  # noqa: E402
 from egnn_jax.experiments import nbody_scale  # noqa: E402
-from egnn_jax.experiments._checkpoint import best_dir, load_params  # noqa: E402
 from egnn_jax.experiments._models import HEGNN_DEGREES  # noqa: E402
 
 # Our module name -> the reference's `BaseMLP` (two linear layers: `mlp.0`, `mlp.2`).
@@ -48,15 +49,9 @@ LAYER_MLPS = {
 
 def torch_state(params: dict, num_layers: int) -> dict:
     """Our parameter tree as the reference's state dict (`nn.Linear` weight = kernel.T)."""
-    import torch
-
     p = params["params"]
     state = {}
-
-    def put(prefix, dense):
-        state[f"{prefix}.weight"] = torch.tensor(np.asarray(dense["kernel"]).T.copy())
-        state[f"{prefix}.bias"] = torch.tensor(np.asarray(dense["bias"]).copy())
-
+    put = functools.partial(put_linear, state)
     put("embedding", p["embedding"])
     put("sh_init.mlp_sh.mlp.0", p["steerable_init"]["edge_in"])
     put("sh_init.mlp_sh.mlp.2", p["steerable_init"]["edge_out"])
@@ -117,16 +112,7 @@ def main(argv=None):
     for name in args.models.split(","):
         degree = HEGNN_DEGREES[name]
         cfg = egnn_jax.HEGNNConfig(hidden_features=64, num_layers=4, max_degree=degree)
-        one = {k: batch[k][0] for k in ("node_feat", "x0", "v0", "edge_attr")}
-        like = egnn_jax.hegnn.init(
-            jax.random.key(0),
-            cfg,
-            one["node_feat"],
-            one["x0"],
-            v=one["v0"],
-            edge_attr=one["edge_attr"],
-        )
-        params = load_params(best_dir(workdir, name), like)[0]
+        params = committed_params(egnn_jax.hegnn, cfg, batch, workdir, name)
 
         @jax.jit
         def ours(h, x, v, a, params=params, cfg=cfg):

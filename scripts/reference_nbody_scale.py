@@ -40,13 +40,15 @@ import json
 import os
 import pickle
 import re
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _reference import atomic_write_json, git_commit  # noqa: E402
 
 INPUT_FRAME, TARGET_FRAME = 30, 40
 # The reference builds file names as f"{partition}_charged{dataset_name}".
@@ -151,26 +153,6 @@ def build_model(args):
         device="cpu",
         with_v=True,
     )
-
-
-def git_commit(folder: Path) -> str | None:
-    with contextlib.suppress(Exception):
-        return subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    return None
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def main(argv=None):
