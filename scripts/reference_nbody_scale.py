@@ -181,6 +181,7 @@ def main(argv=None):
     from torch import nn, optim
 
     torch.set_num_threads(args.threads)
+    out = args.out.resolve()  # before the chdir into the workdir below
     reference = args.reference.resolve()
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="reference_nbody_"))).resolve()
     data_dir = workdir / "data"
@@ -280,7 +281,7 @@ def main(argv=None):
         "test_curve": {str(e): v for e, v in zip(log["epochs"], log["loss"], strict=True)},
         "train_curve": {str(e): log["loss_train"][e - 1] for e in log["epochs"]},
     }
-    atomic_write_json(args.out, result)
+    atomic_write_json(out, result)
     print(json.dumps({k: v for k, v in result.items() if not k.endswith("_curve")}, indent=2))
 
 
