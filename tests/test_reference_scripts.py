@@ -1,8 +1,9 @@
-"""scripts/reference_nbody_scale.py: our splits in the HEGNN authors' file layout.
+"""scripts/reference_nbody_scale.py and reference_complexes.py: our splits in the HEGNN and
+EGHN authors' file layouts.
 
-The training itself needs PyTorch and a GLAD-RUC/HEGNN checkout (not in CI); what is
-checked here is that the authors' `NBodySystemDataset` will read our systems at its frames
-30 and 40 (`loc[:, 30]`, `vel[:, 30]`, `loc[:, 40]`, charges `[S, N, 1]`).
+The training itself needs PyTorch and the authors' checkouts (not in CI); what is checked
+here is that the authors' data set classes will read our systems at their frames (N-body:
+`loc[:, 30]`, `vel[:, 30]`, `loc[:, 40]`, charges `[S, N, 1]`; complexes: 10 and 25).
 """
 
 import ast
@@ -12,10 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reference_nbody_scale.py"
-_spec = importlib.util.spec_from_file_location("reference_nbody_scale", _SCRIPT)
-reference = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(reference)
+
+def _script(name: str):
+    """Import `scripts/<name>.py` (the scripts folder is no package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+reference = _script("reference_nbody_scale")
+reference_complexes = _script("reference_complexes")
 
 
 def test_split_lands_at_the_reference_frames(tmp_path):
@@ -55,12 +64,6 @@ def test_stand_ins_only_for_missing_packages(tmp_path, monkeypatch):
     assert {"scatter", "scatter_sum", "scatter_add", "scatter_mean"} <= names
     monkeypatch.setattr(reference.importlib.util, "find_spec", lambda name: object())
     assert reference.install_shims(tmp_path / "none") == []
-
-
-_COMPLEXES = Path(__file__).resolve().parents[1] / "scripts" / "reference_complexes.py"
-_spec_c = importlib.util.spec_from_file_location("reference_complexes", _COMPLEXES)
-reference_complexes = importlib.util.module_from_spec(_spec_c)
-_spec_c.loader.exec_module(reference_complexes)
 
 
 def test_complexes_split_drops_padding_and_lists_each_complex(tmp_path):
