@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-INPUTS = ("node_feat", "x0", "v0", "edge_attr")  # what every N-body model reads
-
 
 def git_commit(folder: Path) -> str | None:
     """The checkout's commit, or None where it is not a git checkout."""
@@ -48,13 +46,50 @@ def put_linear(state: dict, prefix: str, dense: dict, kernel=None) -> None:
         state[f"{prefix}.bias"] = torch.tensor(np.ascontiguousarray(dense["bias"]))
 
 
-def committed_params(module, cfg, batch: dict, workdir: Path, name: str):
-    """The best parameters committed under `workdir/best/name`, for `module.init`'s tree
-    (`egnn_jax`, `egnn_jax.hegnn`, `egnn_jax.fastegnn`) on the first system of `batch`."""
+def committed_model(workdir: Path, name: str, batch: dict):
+    """The committed model `name` of an experiment's `workdir`, as the experiment built it.
+
+    Returns `(spec, params, test_mse)`: its `ModelSpec` (from the fingerprint in
+    `metrics.json`), its best parameters, and the test MSE `metrics.json` records.
+    """
     import jax
 
     from egnn_jax.experiments._checkpoint import best_dir, load_params
+    from egnn_jax.experiments._models import ModelSpec
 
-    h, x, v, a = (batch[k][0] for k in INPUTS)
-    like = module.init(jax.random.key(0), cfg, h, x, v=v, edge_attr=a)
-    return load_params(best_dir(workdir, name), like)[0]
+    row = json.loads((Path(workdir) / "metrics.json").read_text())["models"][name]
+    model = row["fingerprint"]["model"]
+    spec = ModelSpec(
+        model["name"],
+        model["kind"],
+        model["hidden_features"],
+        model["num_layers"],
+        tuple(model["options"].items()),
+    )
+    one = {k: v[:1] for k, v in batch.items()}
+    like = jax.eval_shape(spec.init, jax.random.key(0), one)
+    return spec, load_params(best_dir(workdir, name), like)[0], row["test_mse"]
+
+
+def predict(spec, params, batch: dict, chunk: int = 500) -> np.ndarray:
+    """The experiment's own prediction (`ModelSpec.predict`), `chunk` systems at a time."""
+    import jax
+
+    step = jax.jit(spec.predict)
+    n = len(batch["x0"])
+    return np.concatenate(
+        [
+            np.asarray(step(params, {k: a[s : s + chunk] for k, a in batch.items()}))
+            for s in range(0, n, chunk)
+        ]
+    )
+
+
+def comparison(ours, theirs, target, recorded_mse) -> dict:
+    """How far the reference's predictions are from ours, and both test MSEs."""
+    return {
+        "max_abs_difference": float(np.max(np.abs(ours - theirs))),
+        "test_mse_ours": float(np.mean((ours - target) ** 2)),
+        "test_mse_reference_forward": float(np.mean((theirs - target) ** 2)),
+        "test_mse_metrics_json": recorded_mse,
+    }

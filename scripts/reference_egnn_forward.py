@@ -23,14 +23,18 @@ import json
 import sys
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _reference import atomic_write_json, committed_params, git_commit, put_linear  # noqa: E402
+from _reference import (  # noqa: E402
+    atomic_write_json,
+    committed_model,
+    comparison,
+    git_commit,
+    predict,
+    put_linear,
+)
 
-import egnn_jax  # noqa: E402
 from egnn_jax.experiments import nbody_charged  # noqa: E402
 
 # Ours -> the reference's `nn.Sequential` layers in each `E_GCL_vel`.
@@ -75,35 +79,23 @@ def main(argv=None):
     sys.path.insert(0, str(args.reference.resolve()))
     from n_body_system.model import EGNN_vel
 
-    metrics = json.loads((args.workdir / "metrics.json").read_text())
-    spec = metrics["models"][args.model]["fingerprint"]["model"]
-    if spec["kind"] != "egnn" or dict(spec["options"]) != {"velocity": True}:
-        raise SystemExit(f"{args.model} is not the EGNN-vel of the paper: {spec}")
     data = dict(np.load(args.data))
-    batch = {
-        k: np.asarray(a)
-        for k, a in nbody_charged.featurise(data["x0"], data["v0"], data["q"], data["xT"]).items()
-    }
-    cfg = egnn_jax.EGNNConfig(
-        hidden_features=spec["hidden_features"], num_layers=spec["num_layers"], velocity=True
-    )
-    params = committed_params(egnn_jax, cfg, batch, args.workdir, args.model)
-    ours = jax.jit(
-        jax.vmap(lambda h, x, v, a: egnn_jax.apply(params, cfg, h, x, v=v, edge_attr=a)[1])
-    )
-    mine = np.asarray(
-        ours(*(jnp.asarray(batch[k]) for k in ("node_feat", "x0", "v0", "edge_attr")))
-    )
+    batch = nbody_charged.featurise(data["x0"], data["v0"], data["q"], data["xT"])
+    batch = {k: np.asarray(a) for k, a in batch.items()}
+    spec, params, recorded = committed_model(args.workdir, args.model, batch)
+    if spec.kind != "egnn" or dict(spec.options) != {"velocity": True}:
+        raise SystemExit(f"{args.model} is not the EGNN-vel of the paper: {spec}")
+    mine = predict(spec, params, batch)
 
     torch.manual_seed(0)
     model = EGNN_vel(
         in_node_nf=1,
         in_edge_nf=2,
-        hidden_nf=cfg.hidden_features,
-        n_layers=cfg.num_layers,
+        hidden_nf=spec.hidden_features,
+        n_layers=spec.num_layers,
         recurrent=True,
     )
-    model.load_state_dict(torch_state(params, cfg.num_layers), strict=True)
+    model.load_state_dict(torch_state(params, spec.num_layers), strict=True)
     s, n, _ = batch["x0"].shape
     rows, cols = np.nonzero(~np.eye(n, dtype=bool))  # the reference's get_edges order
     offset = (np.arange(s) * n)[:, None]
@@ -117,13 +109,7 @@ def main(argv=None):
             .reshape(s, n, 3)
         )
 
-    target = batch["target"]
-    result = {
-        "max_abs_difference": float(np.max(np.abs(mine - theirs))),
-        "test_mse_ours": float(np.mean((mine - target) ** 2)),
-        "test_mse_reference_forward": float(np.mean((theirs - target) ** 2)),
-        "test_mse_metrics_json": metrics["models"][args.model]["test_mse"],
-    }
+    result = comparison(mine, theirs, batch["target"], recorded)
     print(json.dumps(result))
     atomic_write_json(
         args.out,

@@ -30,12 +30,18 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _reference import atomic_write_json, committed_params, git_commit, put_linear  # noqa: E402
+from _reference import (  # noqa: E402
+    atomic_write_json,
+    committed_model,
+    comparison,
+    git_commit,
+    predict,
+    put_linear,
+)
 
 import egnn_jax  # noqa: E402
 from egnn_jax.experiments import nbody_scale  # noqa: E402
-
-KEEP_FRACTION = 0.5  # the experiment's (and the reference N-body script's) real-real edges
+from egnn_jax.experiments._models import MODEL_KINDS  # noqa: E402
 
 # Ours -> the reference's `nn.Sequential` layers ("<module>.<index>") in each `E_GCL_vel`.
 LAYER_LINEARS = {
@@ -96,39 +102,15 @@ def main(argv=None):
     from models.FastEGNN import FastEGNN
 
     workdir = Path("experiments/results/nbody_scale") / str(args.bodies)
-    metrics = json.loads((workdir / "metrics.json").read_text())
-    spec = metrics["models"]["fastegnn"]["fingerprint"]["model"]
     data = dict(np.load(args.data))
     batch = nbody_scale.featurise(data["x0"], data["v0"], data["q"], data["xT"])
-    cfg = egnn_jax.FastEGNNConfig(
-        hidden_features=spec["hidden_features"],
-        num_layers=spec["num_layers"],
-        **{
-            k: v
-            for k, v in spec["options"].items()
-            if k not in ("keep_fraction", "mmd_weight", "mmd_sigma")
-        },
-    )
-    params = committed_params(egnn_jax.fastegnn, cfg, batch, workdir, "fastegnn")
-
-    @jax.jit
-    def ours(h, x, v, a):
-        def single(h, x, v, a):
-            edges = egnn_jax.shortest_edges(x, KEEP_FRACTION)
-            out = egnn_jax.fastegnn.apply(
-                params,
-                cfg,
-                h,
-                x,
-                v=v,
-                edge_attr=a[edges.receivers, edges.senders],
-                senders=edges.senders,
-                receivers=edges.receivers,
-                edge_mask=edges.edge_mask,
-            )
-            return out.x, edges
-
-        return jax.vmap(single)(h, x, v, a)
+    spec, params, recorded = committed_model(workdir, "fastegnn", batch)
+    kind = MODEL_KINDS["fastegnn"]
+    cfg = kind.config(spec)
+    mine = predict(spec, params, batch, args.chunk)
+    # The same real-real edges as the experiment's model, for the reference.
+    keep = kind.option(spec, "keep_fraction")
+    edges_of = jax.jit(jax.vmap(lambda x: egnn_jax.shortest_edges(x, keep)))
 
     torch.manual_seed(0)
     model = FastEGNN(
@@ -141,15 +123,12 @@ def main(argv=None):
     )
     model.load_state_dict(torch_state(params, cfg), strict=True)
 
-    mine, theirs = [], []
+    theirs = []
     s, n, _ = batch["x0"].shape
     for start in range(0, s, args.chunk):
         part = {k: batch[k][start : start + args.chunk] for k in batch}
         b = part["x0"].shape[0]
-        x_ours, edges = ours(
-            *(jnp.asarray(part[k]) for k in ("node_feat", "x0", "v0", "edge_attr"))
-        )
-        mine.append(np.asarray(x_ours))
+        edges = edges_of(jnp.asarray(part["x0"]))
         senders, receivers, mask = (
             np.asarray(a) for a in (edges.senders, edges.receivers, edges.edge_mask)
         )
@@ -173,14 +152,7 @@ def main(argv=None):
                 edge_attr=edge_attr,
             )
         theirs.append(x.numpy().reshape(b, n, 3))
-    mine, theirs = np.concatenate(mine), np.concatenate(theirs)
-    target = batch["target"]
-    result = {
-        "max_abs_difference": float(np.max(np.abs(mine - theirs))),
-        "test_mse_ours": float(np.mean((mine - target) ** 2)),
-        "test_mse_reference_forward": float(np.mean((theirs - target) ** 2)),
-        "test_mse_metrics_json": metrics["models"]["fastegnn"]["test_mse"],
-    }
+    result = comparison(mine, np.concatenate(theirs), batch["target"], recorded)
     print(json.dumps(result))
     atomic_write_json(
         args.out,

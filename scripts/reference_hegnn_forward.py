@@ -25,15 +25,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _reference import atomic_write_json, committed_params, git_commit, put_linear  # noqa: E402
+from _reference import (  # noqa: E402
+    atomic_write_json,
+    committed_model,
+    comparison,
+    git_commit,
+    predict,
+    put_linear,
+)
 from reference_nbody_scale import install_shims  # noqa: E402
 
-import egnn_jax  # noqa: E402
 from egnn_jax.experiments import nbody_scale  # noqa: E402
 from egnn_jax.experiments._models import HEGNN_DEGREES  # noqa: E402
 
@@ -104,49 +108,29 @@ def main(argv=None):
     from models.HEGNN import HEGNN
 
     workdir = Path("experiments/results/nbody_scale") / str(args.bodies)
-    metrics = json.loads((workdir / "metrics.json").read_text())
     data = dict(np.load(args.data))
     batch = nbody_scale.featurise(data["x0"], data["v0"], data["q"], data["xT"])
-    target = batch["target"]
     results = {}
     for name in args.models.split(","):
-        degree = HEGNN_DEGREES[name]
-        cfg = egnn_jax.HEGNNConfig(hidden_features=64, num_layers=4, max_degree=degree)
-        params = committed_params(egnn_jax.hegnn, cfg, batch, workdir, name)
-
-        @jax.jit
-        def ours(h, x, v, a, params=params, cfg=cfg):
-            apply = lambda h, x, v, a: egnn_jax.hegnn.apply(params, cfg, h, x, v=v, edge_attr=a)[1]
-            return jax.vmap(apply)(h, x, v, a)
-
-        mine = np.concatenate(
-            [
-                np.asarray(
-                    ours(
-                        *(
-                            jnp.asarray(batch[k][s : s + 500])
-                            for k in ("node_feat", "x0", "v0", "edge_attr")
-                        )
-                    )
-                )
-                for s in range(0, len(target), 500)
-            ]
-        )
+        spec, params, recorded = committed_model(workdir, name, batch)
+        mine = predict(spec, params, batch)
         torch.manual_seed(0)
-        model = HEGNN(num_layer=4, node_input_dim=2, edge_attr_dim=2, hidden_dim=64, max_ell=degree)
-        missing, unexpected = model.load_state_dict(torch_state(params, 4), strict=False)
+        model = HEGNN(
+            num_layer=spec.num_layers,
+            node_input_dim=2,
+            edge_attr_dim=2,
+            hidden_dim=spec.hidden_features,
+            max_ell=dict(spec.options)["max_degree"],
+        )
+        state = torch_state(params, spec.num_layers)
+        missing, unexpected = model.load_state_dict(state, strict=False)
         # The tensor products take their weights per edge (shared_weights=False): what is left
         # unloaded are their empty weight and output-mask buffers.
         left = [k for k in missing if not k.endswith(("sh_coff.weight", "sh_coff.output_mask"))]
         if left or unexpected:
             raise RuntimeError(f"state dict mismatch: missing {left}, unexpected {unexpected}")
         theirs = torch_predict(model, batch)
-        results[name] = {
-            "max_abs_difference": float(np.max(np.abs(mine - theirs))),
-            "test_mse_ours": float(np.mean((mine - target) ** 2)),
-            "test_mse_reference_forward": float(np.mean((theirs - target) ** 2)),
-            "test_mse_metrics_json": metrics["models"][name]["test_mse"],
-        }
+        results[name] = comparison(mine, theirs, batch["target"], recorded)
         print(name, json.dumps(results[name]))
     atomic_write_json(
         args.out,
